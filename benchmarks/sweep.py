@@ -1,0 +1,61 @@
+"""Run a list of 20-epoch training configs on one device and write their curves to JSON.
+
+    python benchmarks/sweep.py SPEC.json --data PATH --out results.json
+
+SPEC.json is a list of {"name", "arch": AlexNet kwargs (optional), "config": Config overrides}.
+Runs go in order; ``--budget`` seconds stops before a run that would not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from alexnet_cifar10 import load_cifar10, make_config, train
+from alexnet_cifar10.models import register
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("spec")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--budget", type=float, default=1e9, help="seconds for the whole sweep")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--val-size", type=int, default=5000)
+    args = parser.parse_args()
+    runs = json.loads(Path(args.spec).read_text())
+    data = load_cifar10(args.data, val_size=args.val_size, seed=0)
+    start, results, last = time.perf_counter(), [], 0.0
+    for run in runs:
+        if time.perf_counter() - start + last * 1.1 > args.budget:
+            print(f"skip {run['name']}: out of budget", flush=True)
+            continue
+        model = run["config"].get("model", "alexnet")
+        if "arch" in run:
+            model = f"sweep_{run['name']}"
+            register(model, "sweep candidate", **run["arch"])
+        overrides = {"device": args.device, "precision": args.precision, "progress": False, **run["config"],
+                     "model": model}
+        config = make_config(overrides.pop("recipe", "seed"), **overrides)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            config.out = str(Path(tmp) / "run")
+            result = train(config, data=data)
+        last = time.perf_counter() - t0
+        row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"], "seconds": last,
+               "val_acc": [h["val_acc"] for h in result.history],
+               "train_acc": [h["train_acc"] for h in result.history],
+               "final_val_acc": result.final.accuracy if result.final else None}
+        results.append(row)
+        print(f"{run['name']:<28} val@20 {100 * row['val_acc'][-1]:.2f}%  best {100 * max(row['val_acc']):.2f}%"
+              f"  final(tta) {100 * (row['final_val_acc'] or 0):.2f}%  {last:.0f}s", flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

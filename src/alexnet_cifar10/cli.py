@@ -1,0 +1,251 @@
+"""``alexnet-cifar10``: a thin argparse layer over the library. Every user error is one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+from alexnet_cifar10 import __version__
+from alexnet_cifar10.config import Config, flag, make_config
+from alexnet_cifar10.errors import AlexNetCifarError
+
+PROG = "alexnet-cifar10"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data", help="CIFAR-10 folder or archive (default ./data, "
+                   "downloaded when absent)")
+    p.add_argument("--val-size", type=int, default=5000, help="validation images (default 5000)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--cache-dir", default=None, help="decoded-data cache (default ~/.cache/alexnet-cifar10)")
+    p.add_argument("--url", default=None, help="archive URL (default $ALEXNET_CIFAR10_URL or the official one)")
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per Config field; unset flags stay out of the namespace so recipes apply."""
+    for f in fields(Config):
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f.metadata["help"], "dest": f.name}
+        if f.type in ("bool", bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"int": int, "float": float}.get(str(f.type), str)
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        p.add_argument(f"--{flag(f.name)}", **kwargs)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="AlexNet on CIFAR-10: data, train, evaluate, predict, "
+                    "benchmark, export.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    data = sub.add_parser("data", help="inspect or download the data set")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    info = data_sub.add_parser("info", help="format, split and class counts, cache path")
+    add_data_flags(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    download = data_sub.add_parser("download", help="fetch and verify the official archive")
+    download.add_argument("--data", default="data", help="folder to download into (default ./data)")
+    download.add_argument("--url", default=None, help="archive URL (default $ALEXNET_CIFAR10_URL)")
+    download.add_argument("--md5", default=None, help="expected md5 (default the official archive's)")
+
+    models = sub.add_parser("models", help="list the model variants")
+    models.add_argument("--json", action="store_true")
+
+    train = sub.add_parser("train", help="train a model into a run folder")
+    add_config_flags(train)
+    train.add_argument("--resume", default=None, metavar="RUN", help="continue RUN (a run folder) from last.pt")
+    train.add_argument("--cache-dir", default=None, help="decoded-data cache folder")
+
+    ev = sub.add_parser("evaluate", help="accuracy, per-class table, confusion matrix of a checkpoint")
+    ev.add_argument("checkpoint")
+    add_data_flags(ev)
+    ev.add_argument("--split", choices=("test", "val", "train"), default=None,
+                    help="split to evaluate (default test if the data has one, else val)")
+    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="flip test-time augmentation (default: as the run was trained)")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.add_argument("--out", default=None, help="folder for result.json, confusion.png, samples.png")
+
+    pr = sub.add_parser("predict", help="classify image files or folders")
+    pr.add_argument("checkpoint")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.data import CLASSES, load_cifar10
+
+    data = load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
+                        url=args.url, progress=sys.stderr.isatty())
+    splits = {name: getattr(data, name) for name in ("train", "val", "test")}
+    report = {
+        "source": str(data.source), "format": data.format,
+        "cache": str(data.cache_file) if data.cache_file else None,
+        "from_cache": data.from_cache, "seconds": round(data.seconds, 3),
+        "splits": {name: (None if s is None else {"images": len(s), "per_class": dict(zip(CLASSES, s.class_counts(),
+                                                                                          strict=True))})
+                   for name, s in splits.items()},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"source: {data.source}\nformat: {data.format}")
+    print(f"cache:  {data.cache_file} ({'hit' if data.from_cache else 'written'}, {data.seconds:.2f} s)")
+    print(f"{'split':<7}{'images':>8}  " + " ".join(f"{c[:5]:>6}" for c in CLASSES))
+    for name, s in splits.items():
+        if s is None:
+            print(f"{name:<7}{'none':>8}")
+        else:
+            print(f"{name:<7}{len(s):>8}  " + " ".join(f"{n:>6}" for n in s.class_counts()))
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.data.download import download_archive
+
+    path = download_archive(Path(args.data), args.url, args.md5, progress=sys.stderr.isatty())
+    print(f"verified {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.models import describe_models
+
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<17}{'params':>12}{'MFLOPs':>10}  description")
+    for r in rows:
+        print(f"{r['name']:<17}{r['params']:>12,}{r['mflops']:>10.1f}  {r['description']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.data import load_cifar10
+    from alexnet_cifar10.training import train
+
+    given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    if args.resume:
+        result = train(Config(), resume=args.resume)
+    else:
+        config = make_config(given.pop("recipe", "seed"), **given)
+        data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
+                            cache_dir=args.cache_dir, progress=config.progress and sys.stderr.isatty())
+        result = train(config, data=data)
+    final = result.final
+    if final is not None:
+        print(f"{final.split} accuracy {100 * final.accuracy:.2f}%; run folder {result.run_dir}")
+    return 0
+
+
+def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
+    from alexnet_cifar10.checkpoint import load_checkpoint, model_from_state
+    from alexnet_cifar10.training import select_device
+
+    state = load_checkpoint(args.checkpoint)
+    if state.get("ema_model") is not None:
+        state = {**state, "model": state["ema_model"]}
+    device = select_device(args.device)
+    return model_from_state(state).to(device), state, device
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from alexnet_cifar10 import reporting
+    from alexnet_cifar10.data import load_cifar10
+    from alexnet_cifar10.evaluation import evaluate
+    from alexnet_cifar10.io import atomic_write_text
+
+    model, state, device = _load_for_eval(args)
+    data = load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
+                        url=args.url)
+    name = args.split or data.eval_split_name()
+    split = data.split(name)
+    tta = state.get("config", {}).get("tta", False) if args.tta is None else args.tta
+    result = evaluate(model, split.images, split.labels, split=name, batch_size=args.batch_size,
+                      device=device, tta=tta)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=2))
+        reporting.plot_confusion(result, out / "confusion.png")
+        reporting.plot_samples(split.images, split.labels, result.predictions, data.classes, out / "samples.png")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"{args.checkpoint} on the {name} split ({len(split)} images)")
+        print(result.table())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.evaluation import predict
+
+    model, state, device = _load_for_eval(args)
+    results = predict(model, args.inputs, top_k=args.top_k, device=device,
+                      tta=state.get("config", {}).get("tta", False))
+    if not results:
+        print(f"{PROG}: error: no image files found in {', '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    failed = [r for r in results if r.error]
+    if args.json:
+        print(json.dumps([{"path": r.path, "top": r.top, "resized_from": r.resized_from, "error": r.error}
+                          for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                continue
+            note = f" (resized from {r.resized_from[0]}x{r.resized_from[1]} to 32x32)" if r.resized_from else ""
+            guesses = ", ".join(f"{c} {100 * p:.1f}%" for c, p in r.top or [])
+            print(f"{r.path}: {guesses}{note}")
+    for r in failed:
+        print(f"{PROG}: error: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+COMMANDS = {
+    ("data", "info"): cmd_data_info,
+    ("data", "download"): cmd_data_download,
+    ("models", None): cmd_models,
+    ("train", None): cmd_train,
+    ("evaluate", None): cmd_evaluate,
+    ("predict", None): cmd_predict,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = COMMANDS[(args.command, getattr(args, "data_command", None))]
+    start = time.perf_counter()
+    try:
+        return command(args)
+    except AlexNetCifarError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted after {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        return 130
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{PROG}: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,149 @@
+"""One code path from ``--data PATH`` to train / val / test tensors, for the CLI and notebooks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alexnet_cifar10.data import cache, download, formats
+from alexnet_cifar10.errors import DataError
+
+DEFAULT_DATA = Path("data")
+
+
+@dataclass
+class Split:
+    """uint8 images N x 3 x 32 x 32 and int64 labels N, in the official class order."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=len(formats.CLASSES)).tolist()
+
+
+@dataclass
+class Cifar10:
+    """The splits of one data source and where they came from."""
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    format: str
+    source: Path
+    cache_file: Path | None
+    from_cache: bool
+    seconds: float
+    classes: tuple[str, ...] = field(default=formats.CLASSES)
+
+    def split(self, name: str) -> Split:
+        split = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if split is None or len(split) == 0:
+            raise DataError(f"{self.source}: the data has no {name} split")
+        return split
+
+    def eval_split_name(self) -> str:
+        """The split a final evaluation uses: test when the data has one, else val."""
+        if self.test is not None and len(self.test):
+            return "test"
+        return "val" if self.val is not None and len(self.val) else "train"
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val): ``val_size`` images spread evenly over the classes, seeded."""
+    n_classes = len(formats.CLASSES)
+    if val_size < 0:
+        raise DataError(f"--val-size must be 0 or more, got {val_size}")
+    if val_size >= len(labels):
+        raise DataError(f"--val-size {val_size} leaves no training images (the split has {len(labels)})")
+    gen = torch.Generator().manual_seed(seed)
+    per_class = [val_size // n_classes + (c < val_size % n_classes) for c in range(n_classes)]
+    val_idx = []
+    for c, k in enumerate(per_class):
+        members = (labels == c).nonzero().flatten()
+        if k > len(members):
+            raise DataError(
+                f"--val-size {val_size} needs {k} images of class {formats.CLASSES[c]}, "
+                f"the training split has {len(members)}"
+            )
+        val_idx.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    val = torch.cat(val_idx).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val] = False
+    return mask.nonzero().flatten(), val
+
+
+def resolve_source(path: Path, *, auto_download: bool, url: str | None, progress: bool) -> Path:
+    """The file or folder to read; downloads the official archive into an empty default folder."""
+    if path.is_dir() and not any(p for p in path.iterdir() if not p.name.startswith(".")):
+        empty = True
+    else:
+        empty = not path.exists()
+    if empty:
+        if not auto_download:
+            raise DataError(f"{path}: no such file or directory (pass --data PATH to CIFAR-10)")
+        return download.download_archive(path, url, progress=progress)
+    return path
+
+
+def decode_source(path: Path, progress: bool) -> tuple[str, formats.Decoded]:
+    source = formats.open_source(path)
+    try:
+        layout = formats.detect_layout(source)
+    except DataError:
+        inner = formats.find_archive_in(path) if path.is_dir() else None
+        if inner is None:
+            raise
+        return decode_source(inner, progress)
+    return layout.format, formats.read_source(source, layout, progress)
+
+
+def load_cifar10(
+    data: str | Path = DEFAULT_DATA,
+    *,
+    val_size: int = 5000,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    auto_download: bool | None = None,
+    url: str | None = None,
+    progress: bool = False,
+) -> Cifar10:
+    """Load CIFAR-10 from any supported layout, with a stratified validation split.
+
+    ``auto_download`` defaults to True only for the default ``./data`` folder.
+    """
+    start = time.perf_counter()
+    path = Path(data).expanduser()
+    if auto_download is None:
+        auto_download = path == DEFAULT_DATA
+    path = resolve_source(path, auto_download=auto_download, url=url, progress=progress)
+    cache_file = cache.cache_path(path, Path(cache_dir) if cache_dir else None) if use_cache else None
+    cached = cache.load_cache(cache_file) if cache_file else None
+    if cached is None:
+        fmt, decoded = decode_source(path, progress)
+        if cache_file:
+            cache.save_cache(cache_file, fmt, decoded)
+    else:
+        fmt, decoded = cached
+    if "train" in decoded:
+        images, labels = decoded["train"]
+        if val_size:
+            train_idx, val_idx = stratified_split(labels, val_size, seed)
+            train, val = Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
+        else:
+            train, val = Split(images, labels), None
+    else:
+        empty = torch.empty(0, 3, 32, 32, dtype=torch.uint8)
+        train, val = Split(empty, torch.empty(0, dtype=torch.int64)), None
+    test = Split(*decoded["test"]) if "test" in decoded else None
+    return Cifar10(
+        train=train, val=val, test=test, format=fmt, source=path, cache_file=cache_file,
+        from_cache=cached is not None, seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,175 @@
+"""Accuracy, per-class accuracy, confusion matrix, and prediction on image files."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from alexnet_cifar10.data.formats import CLASSES, IMAGE_SUFFIXES, decode_image
+from alexnet_cifar10.data.loader import ResidentLoader
+from alexnet_cifar10.errors import DataError
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class EvalResult:
+    split: str
+    loss: float
+    accuracy: float
+    confusion: np.ndarray  # rows: true class, columns: predicted class
+    predictions: torch.Tensor = field(repr=False)
+    classes: tuple[str, ...] = CLASSES
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        totals = self.confusion.sum(axis=1)
+        return {c: float(self.confusion[i, i] / totals[i]) if totals[i] else float("nan")
+                for i, c in enumerate(self.classes)}
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "split": self.split,
+            "images": int(self.confusion.sum()),
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "per_class": self.per_class,
+            "confusion": self.confusion.tolist(),
+        }
+
+    def table(self) -> str:
+        lines = [f"{'class':<12}{'accuracy':>10}{'images':>8}"]
+        for (name, acc), n in zip(self.per_class.items(), self.confusion.sum(axis=1), strict=True):
+            lines.append(f"{name:<12}{100 * acc:>9.2f}%{int(n):>8}")
+        lines.append(f"{'all':<12}{100 * self.accuracy:>9.2f}%{int(self.confusion.sum()):>8}")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    out = model(x).float()
+    if tta:
+        out = out + model(x.flip(3)).float()
+        out = out / 2
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    split: str = "val",
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    tta: bool = False,
+    channels_last: bool = True,
+    loader: ResidentLoader | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` on uint8 ``images``; metrics stay on the device until the end."""
+    device = torch.device(device)
+    loader = loader or ResidentLoader(images, labels, batch_size, train=False, device=device,
+                                      channels_last=channels_last)
+    was_training = model.training
+    model.eval()
+    n = len(CLASSES)
+    confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    preds = []
+    with autocast(device, precision):
+        for x, y in loader.iterate(0):
+            logits = logits_of(model, x, tta)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            pred = logits.argmax(1)
+            confusion += torch.bincount(y * n + pred, minlength=n * n)
+            preds.append(pred)
+    model.train(was_training)
+    cm = confusion.view(n, n).cpu().numpy()
+    total = max(int(cm.sum()), 1)
+    return EvalResult(
+        split=split,
+        loss=float(loss_sum) / total,
+        accuracy=float(np.trace(cm)) / total,
+        confusion=cm,
+        predictions=torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.int64),
+    )
+
+
+# --------------------------------------------------------------------------- predict
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] | None = None  # (class, probability), best first
+    resized_from: tuple[int, int] | None = None
+    error: str | None = None
+
+
+def expand_inputs(paths: list[str | Path]) -> list[Path]:
+    """Files as given, and the image files inside any folder given (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def load_image(path: Path) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """An image as float 3 x 32 x 32 in [0, 1]; other sizes are resized (and say from what)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    array = decode_image(data, str(path), strict=False)
+    resized = None
+    if array.shape[:2] != (32, 32):
+        resized = (array.shape[1], array.shape[0])
+        array = np.asarray(Image.fromarray(array).resize((32, 32), Image.Resampling.BILINEAR))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255, resized
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    paths: list[str | Path],
+    *,
+    top_k: int = 3,
+    device: torch.device | str = "cpu",
+    tta: bool = False,
+) -> list[Prediction]:
+    """Top-k classes for each image file; a file that fails gets its own error, the rest go on."""
+    device = torch.device(device)
+    model.eval()
+    results: list[Prediction] = []
+    good: list[tuple[int, torch.Tensor]] = []
+    for path in expand_inputs(paths):
+        try:
+            x, resized = load_image(path)
+        except DataError as e:
+            results.append(Prediction(str(path), error=str(e)))
+            continue
+        results.append(Prediction(str(path), resized_from=resized))
+        good.append((len(results) - 1, x))
+    if good:
+        batch = torch.stack([x for _, x in good]).to(device)
+        probs = logits_of(model, batch, tta).softmax(1).cpu()
+        k = max(1, min(top_k, len(CLASSES)))
+        values, indices = probs.topk(k, dim=1)
+        for (i, _), vals, idxs in zip(good, values, indices, strict=True):
+            results[i].top = [(CLASSES[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
+    return results

@@ -1,0 +1,168 @@
+"""AlexNet variants for 32x32 CIFAR-10, structured as torchvision's (features/avgpool/classifier).
+
+Every model takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself with the
+training mean and std it carries as buffers, so a checkpoint, an ONNX file and a torch.hub model
+all take the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet_cifar10.errors import ConfigError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class AlexNet(nn.Module):
+    """Five convolutions with ReLU and max-pooling, then three fully-connected layers with dropout.
+
+    ``convs`` lists (out_channels, kernel, stride) per convolution; ``pool_after`` the 0-based
+    convolutions followed by a max-pool. ``input_size`` > 32 upsamples inputs on the device (the
+    original 224-pixel network).
+    """
+
+    def __init__(
+        self,
+        convs: Sequence[tuple[int, int, int]] = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)),
+        pool_after: Sequence[int] = (0, 1, 4),
+        pool: tuple[int, int] = (2, 2),
+        pool_output: int = 2,
+        hidden: int = 1024,
+        dropout: float = 0.5,
+        batch_norm: bool = False,
+        input_size: int = 32,
+        num_classes: int = 10,
+        mean: Sequence[float] = CIFAR_MEAN,
+        std: Sequence[float] = CIFAR_STD,
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i, (out_ch, kernel, stride) in enumerate(convs):
+            layers.append(nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.ReLU(inplace=True))
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(kernel_size=pool[0], stride=pool[1]))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((pool_output, pool_output))
+        flat = in_ch * pool_output * pool_output
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout),
+            nn.Linear(flat, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.input_size != x.shape[-1]:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    kwargs: dict = field(default_factory=dict)
+
+    def build(self, **overrides: object) -> AlexNet:
+        return AlexNet(**{**self.kwargs, **overrides})
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, description: str, **kwargs: object) -> ModelSpec:
+    spec = ModelSpec(name, description, kwargs)
+    MODELS[name] = spec
+    return spec
+
+
+_SEED_CONVS = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
+
+register(
+    "alexnet",
+    "AlexNet for 32x32 (seed recipe): 3x3 convs 64-192-384-256-256 at stride 1, max-pools after "
+    "conv 1, 2 and 5, 1024-1024 classifier with dropout",
+    convs=_SEED_CONVS, pool_after=(0, 1, 4), hidden=1024,
+)
+register(
+    "alexnet_bn",
+    "alexnet with BatchNorm after each convolution",
+    convs=_SEED_CONVS, pool_after=(0, 1, 4), hidden=1024, batch_norm=True,
+)
+register(
+    "alexnet_small",
+    "the common 3x3 adaptation: first conv stride 2, 64-192-384-256-256, 4096-4096 classifier",
+    convs=((64, 3, 2), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)), pool_after=(0, 1, 4),
+    hidden=4096,
+)
+register(
+    "alexnet_classic",
+    "the original 224-pixel AlexNet (11x11 stride-4 conv, torchvision's widths, 4096-4096), fed "
+    "with inputs upsampled on the device; GPU-sized (about 1.4 GFLOPs per image)",
+    convs=((64, 11, 4), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)), pool_after=(0, 1, 4),
+    pool=(3, 2), pool_output=6, hidden=4096, input_size=224,
+)
+
+
+def create_model(name: str, **overrides: object) -> AlexNet:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name].build(**overrides)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: nn.Module, input_size: int = 32) -> int:
+    """FLOPs of one forward pass of one image, counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, input_size, input_size, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def describe_models() -> list[dict[str, object]]:
+    rows = []
+    for spec in MODELS.values():
+        model = spec.build()
+        rows.append({
+            "name": spec.name,
+            "params": count_parameters(model),
+            "mflops": forward_flops(model) / 1e6,
+            "description": spec.description,
+        })
+    return rows
+
+

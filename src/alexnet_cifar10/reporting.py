@@ -1,0 +1,134 @@
+"""Figures (matplotlib) and a self-contained report.html for a run folder."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from alexnet_cifar10.evaluation import EvalResult  # noqa: E402
+from alexnet_cifar10.io import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Loss and accuracy per epoch, train and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax_loss.plot(epochs, values, marker="o", ms=3, label=label)
+    for key, label in (("train_acc", "train"), ("val_acc", "val")):
+        values = [None if h.get(key) is None else 100 * h[key] for h in history]
+        if any(v is not None for v in values):
+            ax_acc.plot(epochs, values, marker="o", ms=3, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(result: EvalResult, path: Path) -> Path:
+    cm = result.confusion
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(result.classes)), result.classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(result.classes)), result.classes)
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"{result.split}: {100 * result.accuracy:.2f}% of {int(cm.sum())} images")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > threshold else "black")
+    return _save(fig, path)
+
+
+def plot_samples(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                 classes: tuple[str, ...], path: Path, n: int = 32, seed: int = 0) -> Path:
+    """A grid of images with true and predicted labels; mistakes in red."""
+    n = min(n, len(labels))
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    cols = 8
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.75))
+    for ax in np.atleast_1d(axes).flat:
+        ax.axis("off")
+    for ax, i in zip(np.atleast_1d(axes).flat, idx.tolist(), strict=False):
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        true, pred = classes[int(labels[i])], classes[int(preds[i])]
+        wrong = true != pred
+        ax.set_title(f"{pred}\n(true: {true})" if wrong else pred, fontsize=7,
+                     color="red" if wrong else "black")
+    return _save(fig, path)
+
+
+def _img(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def write_report(run_dir: Path, config: dict[str, Any], history: list[dict[str, Any]],
+                 result: EvalResult | None, extra: dict[str, Any] | None = None) -> Path:
+    """One offline page: config, curves, per-class table and confusion matrix, figures inline."""
+    def pct(value: float | None) -> str:
+        return "" if value is None else f"{100 * value:.2f}"
+
+    rows = "".join(
+        f"<tr><td>{h['epoch']}</td><td>{h['train_loss']:.4f}</td><td>{pct(h['train_acc'])}</td>"
+        f"<td>{pct(h.get('val_acc'))}</td>"
+        f"<td>{h['lr']:.2e}</td><td>{h['seconds']:.1f}</td><td>{h['images_per_s']:.0f}</td></tr>"
+        for h in history
+    )
+    per_class = ""
+    if result is not None:
+        per_class = "".join(
+            f"<tr><td>{html.escape(c)}</td><td>{100 * a:.2f}%</td></tr>" for c, a in result.per_class.items()
+        )
+        per_class = (
+            f"<h2>Final evaluation on the {html.escape(result.split)} split: "
+            f"{100 * result.accuracy:.2f}%</h2><table><tr><th>class</th><th>accuracy</th></tr>"
+            f"{per_class}</table>{_img(run_dir / 'confusion.png')}{_img(run_dir / 'samples.png')}"
+        )
+    summary = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in (extra or {}).items()
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>alexnet-cifar10 run {html.escape(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}
+img{{max-width:100%;display:block;margin:1em 0}}pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>
+</head><body>
+<h1>alexnet-cifar10 run {html.escape(run_dir.name)}</h1>
+<table>{summary}</table>
+<h2>Curves</h2>{_img(run_dir / 'curves.png')}
+<h2>Epochs</h2>
+<table><tr><th>epoch</th><th>train loss</th><th>train acc %</th><th>val acc %</th><th>lr</th>
+<th>seconds</th><th>images/s</th></tr>{rows}</table>
+{per_class}
+<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>
+</body></html>
+"""
+    path = run_dir / "report.html"
+    atomic_write(path, lambda f: f.write(page.encode()))
+    return path

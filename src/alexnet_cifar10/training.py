@@ -1,0 +1,380 @@
+"""The training loop: one run folder in, one trained model out. Read it top to bottom."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from alexnet_cifar10 import __version__, reporting
+from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alexnet_cifar10.config import Config, load_config
+from alexnet_cifar10.data import Cifar10, load_cifar10
+from alexnet_cifar10.data.loader import ResidentLoader
+from alexnet_cifar10.errors import ConfigError, TrainingError
+from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
+from alexnet_cifar10.io import atomic_write_text
+from alexnet_cifar10.models import AlexNet, create_model
+
+
+class Interrupted(TrainingError):
+    """SIGINT or SIGTERM arrived; a checkpoint was written. ``exit_code`` is 130 or 143."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    final: EvalResult | None
+    model: nn.Module
+
+
+# --------------------------------------------------------------------------- set-up helpers
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+
+
+def configure_backends(config: Config, device: torch.device) -> None:
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, as fractions of 255."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.double()
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(1e-12).sqrt()
+    return (mean / 255).tolist(), (std / 255).tolist()
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+def lr_factor(config: Config, steps_per_epoch: int):  # noqa: ANN201 - a step -> factor function
+    """The learning rate at a step, as a fraction of ``--lr``."""
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if config.schedule == "constant":
+            return 1.0
+        if config.schedule == "onecycle":  # linear up for 25 % of the run, then linear to zero
+            peak = 0.25 * total
+            return step / peak if step < peak else max(0.0, (total - step) / (total - peak))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextmanager
+def stop_requests():
+    """Turn SIGINT/SIGTERM into a flag that the loop checks after each step."""
+    flag: dict[str, int | None] = {"signal": None}
+
+    def handler(signum: int, _frame: object) -> None:
+        flag["signal"] = signum
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def make_run_dir(config: Config, resume: bool) -> Path:
+    if config.out:
+        run_dir = Path(config.out)
+    else:
+        name = config.name or f"{config.recipe}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path("runs") / name
+    if not resume and (run_dir / "last.pt").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out/--name"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"cannot write to run folder {run_dir}: {e.strerror or e}") from None
+    return run_dir
+
+
+# --------------------------------------------------------------------------- the run
+def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | None = None) -> TrainResult:
+    """Train ``config`` into a run folder; ``resume`` continues a run folder from its last.pt."""
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        resume = Path(resume)
+        state = load_checkpoint(resume / "last.pt" if resume.is_dir() else resume)
+        run_dir = resume if resume.is_dir() else resume.parent
+        config = Config.from_dict({**load_config(run_dir / "config.json").to_dict(), "out": str(run_dir)})
+    config.validate()
+    device = select_device(config.device)
+    check_precision(config.precision, device)
+    configure_backends(config, device)
+    run_dir = make_run_dir(config, resume=state is not None)
+
+    # data: everything resident on the device as uint8
+    if data is None:
+        data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
+                            progress=config.progress)
+    if len(data.train) == 0:
+        raise TrainingError(f"{data.source}: the data has no training split to train on")
+    torch.manual_seed(config.seed)
+    loader = ResidentLoader(data.train.images, data.train.labels, config.batch_size, train=True,
+                            device=device, seed=config.seed, pad=config.crop_pad, flip=config.flip,
+                            cutout=config.cutout, channels_last=config.channels_last)
+    if len(loader) == 0:
+        raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images")
+    val_loader = None
+    if data.val is not None and len(data.val):
+        val_loader = ResidentLoader(data.val.images, data.val.labels, 1000, train=False, device=device,
+                                    channels_last=config.channels_last)
+
+    # model, optimizer, schedule
+    model: AlexNet = create_model(config.model, dropout=config.dropout)
+    model.set_normalization(*mean_std(data.train.images))
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(loader)))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+           if config.ema else None)
+    step_fn = torch.compile(model) if config.compile else model
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, start_step, global_step, best_acc = 0, 0, 0, -1.0
+    partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
+        best_acc, history = state["best_acc"], list(state["history"])
+        partial = dict(state["partial"])
+        set_rng_state(state["rng"])
+
+    cfg = config.to_dict()
+    atomic_write_text(run_dir / "config.json", json.dumps(
+        {**cfg, "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+         "device_name": device_name(device)}, indent=2))
+    writer = open_tensorboard(run_dir) if config.tensorboard else None
+
+    def checkpoint(epoch: int, step: int, path: Path, sums: dict[str, Any]) -> None:
+        save_checkpoint(path, {
+            "model_name": config.model,
+            "model_kwargs": {"dropout": config.dropout},
+            "model": model.state_dict(),
+            "ema_model": ema.module.state_dict() if ema is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch, "step": step, "global_step": global_step,
+            "best_acc": best_acc, "history": history, "partial": sums,
+            "rng": rng_state(), "config": cfg, "version": __version__,
+            "classes": list(data.classes),
+        })
+
+    def eval_model() -> nn.Module:
+        return ema.module if ema is not None else model
+
+    with stop_requests() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            dev_loss = torch.zeros((), dtype=torch.float64, device=device)
+            dev_correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = partial["seen"]
+            t0 = time.perf_counter() - partial["seconds"]
+            bar = tqdm(total=len(loader), initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not config.progress, unit="step", leave=False)
+            for step, (x, y) in enumerate(loader.iterate(epoch, start_step), start=start_step):
+                with autocast(device, config.precision):
+                    logits = step_fn(x)
+                    loss = criterion(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                dev_loss += loss.detach().double() * len(y)
+                dev_correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                global_step += 1
+                bar.update(1)
+                if step % 25 == 0 or step == len(loader) - 1:  # the only mid-epoch sync, for the bar
+                    bar.set_postfix(loss=f"{(partial['loss_sum'] + float(dev_loss)) / seen:.3f}",
+                                    acc=f"{(partial['correct'] + int(dev_correct)) / seen:.3f}",
+                                    ips=f"{seen / (time.perf_counter() - t0):.0f}")
+                sums = None
+                if stop["signal"] is not None or (config.checkpoint_every
+                                                  and global_step % config.checkpoint_every == 0):
+                    sums = {"loss_sum": partial["loss_sum"] + float(dev_loss),
+                            "correct": partial["correct"] + int(dev_correct), "seen": seen,
+                            "seconds": time.perf_counter() - t0}
+                    if not math.isfinite(sums["loss_sum"]):
+                        raise TrainingError(non_finite_message(epoch, run_dir))
+                    checkpoint(epoch, step + 1, run_dir / "last.pt", sums)
+                if stop["signal"] is not None:
+                    bar.close()
+                    code = 130 if stop["signal"] == signal.SIGINT else 143
+                    raise Interrupted(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint "
+                                      f"written; continue with: alexnet-cifar10 train --resume {run_dir}", code)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            train_loss = (partial["loss_sum"] + float(dev_loss)) / max(seen, 1)
+            train_acc = (partial["correct"] + int(dev_correct)) / max(seen, 1)
+            if not math.isfinite(train_loss):
+                raise TrainingError(non_finite_message(epoch, run_dir))
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                                   "val_loss": None, "val_acc": None,
+                                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                                   "images_per_s": seen / seconds if seconds else 0.0}
+            if val_loader is not None:
+                result = evaluate(eval_model(), data.val.images, data.val.labels, loader=val_loader,
+                                  device=device, precision=config.precision, tta=config.tta)
+                row["val_loss"], row["val_acc"] = result.loss, result.accuracy
+            history.append(row)
+            start_step, partial = 0, {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            improved = row["val_acc"] is not None and row["val_acc"] > best_acc
+            if improved:
+                best_acc = row["val_acc"]
+            checkpoint(epoch + 1, 0, run_dir / "last.pt", partial)
+            if improved or val_loader is None:
+                checkpoint(epoch + 1, 0, run_dir / "best.pt", partial)
+            write_metrics(run_dir, history)
+            reporting.plot_curves(history, run_dir / "curves.png")
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        writer.add_scalar(key, value, epoch + 1)
+            if config.progress:
+                val = "" if row["val_acc"] is None else f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_acc']:.2f}%"
+                tqdm.write(f"epoch {epoch + 1:>3}/{config.epochs} train_loss {train_loss:.4f} "
+                           f"train_acc {100 * train_acc:.2f}%{val} {row['images_per_s']:.0f} img/s "
+                           f"{seconds:.1f}s")
+    if writer is not None:
+        writer.close()
+
+    final = finish(run_dir, config, data, eval_model(), history, device)
+    return TrainResult(run_dir=run_dir, history=history, final=final, model=eval_model())
+
+
+def non_finite_message(epoch: int, run_dir: Path) -> str:
+    return (f"the loss became NaN or infinite in epoch {epoch + 1}; stopped. The last good checkpoint "
+            f"is {run_dir / 'last.pt'}; try a lower --lr")
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def open_tensorboard(run_dir: Path):  # noqa: ANN201 - SummaryWriter when installed
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: "
+                          "pip install 'alexnet-cifar10[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, history: list[dict[str, Any]],
+           device: torch.device) -> EvalResult | None:
+    """Final evaluation (test split if any, else val), figures and report.html."""
+    split_name = data.eval_split_name()
+    split = data.split(split_name)
+    result = evaluate(model, split.images, split.labels, split=split_name, device=device,
+                      precision=config.precision, tta=config.tta, channels_last=config.channels_last)
+    atomic_write_text(run_dir / "final.json", json.dumps(result.to_dict(), indent=2))
+    reporting.plot_confusion(result, run_dir / "confusion.png")
+    reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
+                           run_dir / "samples.png")
+    total = sum(h["seconds"] for h in history)
+    reporting.write_report(run_dir, config.to_dict(), history, result, extra={
+        "final accuracy": f"{100 * result.accuracy:.2f}% on the {split_name} split ({len(split)} images)",
+        "best validation accuracy": (f"{100 * max(h['val_acc'] for h in history if h['val_acc'] is not None):.2f}%"
+                                     if any(h["val_acc"] is not None for h in history) else "n/a"),
+        "training time": f"{total:.0f} s over {len(history)} epochs",
+        "device": device_name(device),
+        "package version": __version__,
+    })
+    if config.progress:
+        tqdm.write(f"final evaluation on the {split_name} split:\n{result.table()}")
+    return result
