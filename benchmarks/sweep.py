@@ -27,8 +27,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th entry from the i-th")
+    parser.add_argument("--keep", default=None, help="keep run folders (without weights) under KEEP/<name>")
     args = parser.parse_args()
-    runs = json.loads(Path(args.spec).read_text())
+    i, n = map(int, args.shard.split("/"))
+    runs = json.loads(Path(args.spec).read_text())[i::n]
     data = load_cifar10(args.data, val_size=args.val_size, seed=0)
     start, results, last = time.perf_counter(), [], 0.0
     for run in runs:
@@ -44,8 +47,10 @@ def main() -> None:
         config = make_config(overrides.pop("recipe", "seed"), **overrides)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            config.out = str(Path(tmp) / "run")
+            config.out = str(Path(args.keep or tmp) / run["name"])
             result = train(config, data=data)
+            for weights in Path(config.out).glob("*.pt"):
+                weights.unlink()
         last = time.perf_counter() - t0
         row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"], "seconds": last,
                "val_acc": [h["val_acc"] for h in result.history],
