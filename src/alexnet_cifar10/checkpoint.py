@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unsupported content"
+        text = str(e)
+        if "global" not in text.lower():  # not a refused class: a damaged file
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint") from None
+        found = re.search(r"(?:Unsupported global|GLOBAL)[^.\n]*", text)
         raise CheckpointError(
-            f"{path}: refused: the checkpoint holds more than tensors and plain values ({first[:160]})"
+            f"{path}: refused: the checkpoint holds more than tensors and plain values "
+            f"({found.group(0) if found else 'code'}); it was not loaded"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({str(e)[:160]})") from None

@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if args.resume:
-        result = train(Config(), resume=args.resume)
+        result = train(Config(), resume=args.resume, overrides=given)
     else:
         config = make_config(given.pop("recipe", "seed"), **given)
         data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,

@@ -32,7 +32,7 @@ class Config:
     epochs: int = _f(20, "training epochs")
     batch_size: int = _f(128, "global batch size")
     optimizer: str = _f("adam", "optimizer", ("adam", "adamw", "sgd"))
-    lr: float = _f(1e-3, "peak learning rate")
+    lr: float = _f(3e-4, "peak learning rate")
     weight_decay: float = _f(0.0, "weight decay (decoupled for adamw)")
     momentum: float = _f(0.9, "SGD momentum (nesterov)")
     schedule: str = _f("constant", "learning-rate schedule", ("constant", "onecycle", "cosine", "linear"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -14,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from alexnet_cifar10 import __version__, reporting
 from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from alexnet_cifar10.config import Config, load_config
+from alexnet_cifar10.config import Config, flag, load_config
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.errors import ConfigError, TrainingError
@@ -44,6 +43,26 @@ class TrainResult:
     history: list[dict[str, Any]]
     final: EvalResult | None
     model: nn.Module
+
+
+class EMA:
+    """Exponential moving average of the weights (and buffers), with timm's warm-up of the decay
+    so that early epochs are not dominated by the random initial weights."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
+        floats = [(e, c) for e, c in pairs if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], 1 - d)
+        for e, c in pairs:
+            if not e.is_floating_point():
+                e.copy_(c)
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -117,7 +136,8 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        commit = out.stdout.strip()
+        return commit if out.returncode == 0 and len(commit) == 40 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -164,14 +184,27 @@ def make_run_dir(config: Config, resume: bool) -> Path:
 
 
 # --------------------------------------------------------------------------- the run
-def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | None = None) -> TrainResult:
-    """Train ``config`` into a run folder; ``resume`` continues a run folder from its last.pt."""
+RESUME_OVERRIDES = ("epochs", "device", "progress", "threads", "checkpoint_every", "data")
+
+
+def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | None = None,
+          overrides: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``config`` into a run folder.
+
+    ``resume`` (a run folder or checkpoint) continues that run from its last.pt with its saved
+    config; ``overrides`` may change only ``RESUME_OVERRIDES`` (e.g. more epochs).
+    """
     state: dict[str, Any] | None = None
     if resume is not None:
         resume = Path(resume)
         state = load_checkpoint(resume / "last.pt" if resume.is_dir() else resume)
         run_dir = resume if resume.is_dir() else resume.parent
-        config = Config.from_dict({**load_config(run_dir / "config.json").to_dict(), "out": str(run_dir)})
+        bad = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
+        if bad:
+            raise ConfigError(f"--resume keeps the run's config; only {', '.join(map(flag, RESUME_OVERRIDES))} "
+                              f"may change, not {', '.join(map(flag, bad))}")
+        config = Config.from_dict({**load_config(run_dir / "config.json").to_dict(), **(overrides or {}),
+                                   "out": str(run_dir)})
     config.validate()
     device = select_device(config.device)
     check_precision(config.precision, device)
@@ -203,8 +236,7 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     optimizer = build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(loader)))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
-           if config.ema else None)
+    ema = EMA(model, config.ema) if config.ema else None
     step_fn = torch.compile(model) if config.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
@@ -216,8 +248,9 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+        if ema is not None and state.get("ema_model") is not None:
+            ema.module.load_state_dict(state["ema_model"])
+            ema.updates = state["ema_updates"]
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         best_acc, history = state["best_acc"], list(state["history"])
         partial = dict(state["partial"])
@@ -235,7 +268,7 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
             "model_kwargs": {"dropout": config.dropout},
             "model": model.state_dict(),
             "ema_model": ema.module.state_dict() if ema is not None else None,
-            "ema": ema.state_dict() if ema is not None else None,
+            "ema_updates": ema.updates if ema is not None else 0,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -267,7 +300,7 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
                 scaler.update()
                 scheduler.step()
                 if ema is not None:
-                    ema.update_parameters(model)
+                    ema.update(model)
                 dev_loss += loss.detach().double() * len(y)
                 dev_correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
@@ -320,7 +353,8 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
                     if key != "epoch" and value is not None:
                         writer.add_scalar(key, value, epoch + 1)
             if config.progress:
-                val = "" if row["val_acc"] is None else f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_acc']:.2f}%"
+                val = ("" if row["val_acc"] is None
+                       else f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_acc']:.2f}%")
                 tqdm.write(f"epoch {epoch + 1:>3}/{config.epochs} train_loss {train_loss:.4f} "
                            f"train_acc {100 * train_acc:.2f}%{val} {row['images_per_s']:.0f} img/s "
                            f"{seconds:.1f}s")

@@ -113,7 +113,8 @@ def archive_source(archive: Path) -> Source:
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise DataError(f"cannot read archive {archive}: {e.strerror}") from None
-        raise DataError(f"{archive}: truncated or corrupt archive ({e})") from None
+        detail = " ".join(str(e).split())  # tarfile's "r:*" error spans several lines
+        raise DataError(f"{archive}: truncated or corrupt archive ({detail})") from None
     return Source(str(archive), list(files), files.__getitem__)
 
 

@@ -1,0 +1,147 @@
+"""End-to-end: the CLI in subprocesses on a tiny data set — train, resume, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+
+TRAIN_FLAGS = ("--val-size", "20", "--batch-size", "16", "--no-progress", "--threads", "1")
+
+
+def one_error_line(result) -> str:  # noqa: ANN001
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("alexnet-cifar10")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "r1"
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), *TRAIN_FLAGS)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_train_writes_the_run_folder(trained_run: Path) -> None:
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "confusion.png",
+                 "samples.png", "report.html", "final.json"):
+        assert (trained_run / name).is_file(), name
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["recipe"] == "seed" and config["optimizer"] == "adam" and config["epochs"] == 1
+    assert config["version"] and "git_commit" in config
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    row = rows[0]
+    assert 0 < row["train_loss"] < 20 and 0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1
+    assert row["lr"] == pytest.approx(3e-4) and row["seconds"] > 0 and row["images_per_s"] > 0
+    html = (trained_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "per" not in html[:20]
+    final = json.loads((trained_run / "final.json").read_text())
+    assert final["split"] == "test" and final["images"] == 20
+
+
+def test_checkpoint_loads_weights_only(trained_run: Path) -> None:
+    state = torch.load(trained_run / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["model_name"] == "alexnet"
+
+
+def test_resume_continues_the_epoch_count(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "copy"
+    run.mkdir()
+    for f in trained_run.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["out"] = str(run)
+    (run / "config.json").write_text(json.dumps(cfg))
+    result = run_cli("train", "--resume", str(run), "--epochs", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_existing_run_is_not_overwritten(trained_run: Path, tiny_png: Path) -> None:
+    before = (trained_run / "last.pt").read_bytes()
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(trained_run), *TRAIN_FLAGS)
+    assert "--resume" in one_error_line(result)
+    assert (trained_run / "last.pt").read_bytes() == before
+
+
+def test_evaluate_matches_the_final_evaluation(trained_run: Path, tiny_png: Path, tmp_path: Path) -> None:
+    result = run_cli("evaluate", str(trained_run / "last.pt"), "--data", str(tiny_png), "--val-size", "20",
+                     "--json", "--out", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    final = json.loads((trained_run / "final.json").read_text())
+    assert report["split"] == "test" and report["accuracy"] == pytest.approx(final["accuracy"])
+    assert np.array(report["confusion"]).sum() == 20 and len(report["per_class"]) == 10
+    assert (tmp_path / "ev" / "confusion.png").is_file() and (tmp_path / "ev" / "samples.png").is_file()
+    val = run_cli("evaluate", str(trained_run / "best.pt"), "--data", str(tiny_png), "--val-size", "20",
+                  "--split", "val")
+    assert val.returncode == 0 and "val split (20 images)" in val.stdout
+
+
+def test_predict_good_and_bad_files(trained_run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(tmp_path / "b.jpg")
+    (tmp_path / "c.png").write_text("not an image")
+    result = run_cli("predict", str(trained_run / "best.pt"), str(tmp_path / "a.png"), str(tmp_path / "c.png"),
+                     str(tmp_path / "b.jpg"), "--top-k", "2")
+    assert result.returncode == 1
+    assert "a.png:" in result.stdout and "b.jpg:" in result.stdout
+    assert "resized from 48x64" in result.stdout
+    assert "c.png" in one_error_line(result)
+    ok = run_cli("predict", str(trained_run / "best.pt"), str(tmp_path / "a.png"), "--json")
+    assert ok.returncode == 0
+    top = json.loads(ok.stdout)[0]["top"]
+    assert len(top) == 3 and sum(p for _, p in top) <= 1.0 + 1e-6
+
+
+class Payload:
+    """Would create a marker file if unpickled: a checkpoint that carries code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_code_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    state = torch.load(trained_run / "last.pt", weights_only=True)
+    state["extra"] = Payload(str(marker))
+    torch.save(state, tmp_path / "evil.pt")
+    result = run_cli("predict", str(tmp_path / "evil.pt"), str(trained_run / "curves.png"))
+    assert "refused" in one_error_line(result)
+    assert not marker.exists()
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    assert "corrupt" in one_error_line(run_cli("evaluate", str(tmp_path / "junk.pt"), "--data", "x"))
+
+
+def test_user_errors_are_one_line(tmp_path: Path) -> None:
+    one_error_line(run_cli("train", "--no-such-flag"))
+    one_error_line(run_cli("train", "--optimizer", "lbfgs"))
+    assert "no such file" in one_error_line(run_cli("train", "--data", str(tmp_path / "missing"), "--epochs", "1"))
+    one_error_line(run_cli("evaluate", str(tmp_path / "missing.pt"), "--data", str(tmp_path)))
+
+
+def test_models_command_lists_computed_sizes() -> None:
+    result = run_cli("models", "--json")
+    assert result.returncode == 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert {"alexnet", "alexnet_bn", "alexnet_classic"} <= set(rows)
+    assert rows["alexnet_classic"]["mflops"] > rows["alexnet"]["mflops"] > 0
+    assert rows["alexnet"]["params"] > 1e6

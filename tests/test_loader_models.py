@@ -1,0 +1,128 @@
+"""The fast paths compute what the plain ones do: batched augmentation, models, precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from alexnet_cifar10.config import make_config
+from alexnet_cifar10.data.loader import ResidentLoader, augment, draw
+from alexnet_cifar10.models import MODELS, create_model, forward_flops
+from alexnet_cifar10.training import EMA, lr_factor, mean_std
+
+
+def reference_augment(img: np.ndarray, dy: int, dx: int, flip: bool, pad: int) -> np.ndarray:
+    """What torchvision's RandomCrop(32, padding=pad) + RandomHorizontalFlip do, one PIL image."""
+    pil = Image.fromarray(img.transpose(1, 2, 0))
+    padded = ImageOps.expand(pil, border=pad, fill=0)
+    crop = padded.crop((dx, dy, dx + 32, dy + 32))
+    if flip:
+        crop = ImageOps.mirror(crop)
+    return np.asarray(crop).transpose(2, 0, 1)
+
+
+def test_batched_crop_and_flip_match_per_image_reference() -> None:
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    d = draw(64, 4, True, 0, gen, torch.device("cpu"))
+    out = augment(images, d, pad=4)
+    assert d.flip.any() and not d.flip.all() and len(set(d.dx.tolist())) > 3
+    for i in range(64):
+        ref = reference_augment(images[i].numpy(), int(d.dy[i]), int(d.dx[i]), bool(d.flip[i]), 4)
+        np.testing.assert_array_equal(out[i].numpy(), ref)
+
+
+def test_cutout_zeroes_one_square() -> None:
+    images = torch.full((8, 3, 32, 32), 200, dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    d = draw(8, 0, False, 8, gen, torch.device("cpu"))
+    out = augment(images, d, pad=0, cutout=8)
+    for i in range(8):
+        zero = (out[i, 0] == 0)
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        cy, cx = int(d.cy[i]), int(d.cx[i])
+        assert rows.min() == max(cy - 4, 0) and rows.max() == min(cy + 3, 31)
+        assert cols.min() == max(cx - 4, 0) and cols.max() == min(cx + 3, 31)
+        assert (out[i, :, zero] == 0).all() and zero.sum() == len(rows) * len(cols)
+
+
+def test_loader_epoch_is_a_permutation_and_replayable() -> None:
+    images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 3, 32, 32).contiguous()
+    labels = torch.arange(50) % 10
+    loader = ResidentLoader(images, labels, 10, train=True, pad=0, flip=False, channels_last=False)
+    seen = torch.cat([y for _, y in loader.iterate(0)])
+    assert len(loader) == 5 and sorted(seen.tolist()) == sorted(labels.tolist())
+    first = [x for x, _ in loader.iterate(1)]
+    again = [x for x, _ in loader.iterate(1, start_step=2)]
+    assert all(torch.equal(a, b) for a, b in zip(first[2:], again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, [x for x, _ in loader.iterate(2)], strict=True))
+    x, _ = next(loader.iterate(0))
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_sharded_batches_cover_the_global_batch() -> None:
+    images = torch.zeros(40, 3, 32, 32, dtype=torch.uint8)
+    labels = torch.arange(40)
+    whole = ResidentLoader(images, labels, 8, train=True, pad=0, flip=False)
+    parts = [ResidentLoader(images, labels, 8, train=True, pad=0, flip=False, rank=r, world=2) for r in (0, 1)]
+    for (_, y), (_, y0), (_, y1) in zip(whole.iterate(0), parts[0].iterate(0), parts[1].iterate(0), strict=True):
+        assert torch.equal(torch.cat([y0, y1]), y)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_variant_classifies_32x32(name: str) -> None:
+    model = create_model(name).eval()
+    assert hasattr(model, "features") and hasattr(model, "avgpool") and hasattr(model, "classifier")
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert has_bn == name.endswith("_bn")
+    if name != "alexnet_classic":
+        assert forward_flops(model) > 1e6
+
+
+def test_classic_uses_the_224_pixel_layout() -> None:
+    model = create_model("alexnet_classic")
+    first = model.features[0]
+    assert first.kernel_size == (11, 11) and first.stride == (4, 4) and model.input_size == 224
+    assert forward_flops(model) > 1e9
+
+
+def test_bf16_and_fp32_losses_agree() -> None:
+    torch.manual_seed(0)
+    model = create_model("alexnet", dropout=0.0).eval()
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    loss32 = torch.nn.functional.cross_entropy(model(x), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16 = torch.nn.functional.cross_entropy(model(x).float(), y)
+    assert abs(loss32.item() - loss16.item()) < 0.03 * loss32.item()
+
+
+def test_mean_std_of_uint8_images() -> None:
+    images = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
+    mean, std = mean_std(images)
+    ref = images.double().div(255)
+    np.testing.assert_allclose(mean, ref.mean(dim=(0, 2, 3)).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(std, ref.std(dim=(0, 2, 3), unbiased=False).numpy(), rtol=1e-6)
+
+
+def test_schedules() -> None:
+    steps = 10
+    one = lr_factor(make_config(epochs=2, schedule="onecycle"), steps)
+    assert one(0) == 0 and one(5) == pytest.approx(1.0) and one(20) == 0
+    const = lr_factor(make_config(epochs=2), steps)
+    assert const(0) == const(19) == 1.0
+    cos = lr_factor(make_config(epochs=2, schedule="cosine", warmup_epochs=1), steps)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(20) == pytest.approx(0.0)
+
+
+def test_ema_warms_up_and_tracks() -> None:
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, 0.999)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # first decay is 2/11: the average moves most of the way at once
+    assert torch.allclose(ema.module.weight, model.weight - 2 / 11, atol=1e-6)
