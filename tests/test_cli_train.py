@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 TRAIN_FLAGS = ("--val-size", "20", "--batch-size", "16", "--no-progress", "--threads", "1")
 

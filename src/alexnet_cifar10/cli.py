@@ -88,6 +88,17 @@ def build_parser() -> Parser:
     pr.add_argument("--top-k", type=int, default=3)
     pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     pr.add_argument("--json", action="store_true", help="print JSON")
+    bench = sub.add_parser("benchmark", help="training throughput: real loop vs compute-only vs seed-style; MFU")
+    add_data_flags(bench)
+    bench.add_argument("--model", default="alexnet")
+    bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per measurement (warm-up excluded)")
+    bench.add_argument("--repeats", type=int, default=3, help="measurements; the median is reported")
+    bench.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+    bench.add_argument("--no-seed-style", action="store_true", help="skip the DataLoader baseline")
+    bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     return parser
 
 
@@ -223,6 +234,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from alexnet_cifar10.benchmark import format_table, run_benchmark
+    from alexnet_cifar10.data import load_cifar10
+    from alexnet_cifar10.errors import ConfigError
+    from alexnet_cifar10.io import atomic_write_text
+    from alexnet_cifar10.models import create_model
+    from alexnet_cifar10.training import check_precision, select_device
+
+    if args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
+        raise ConfigError("--steps, --repeats and --batch-size must be at least 1")
+    create_model(args.model)  # an unknown name fails here, before the data loads
+    device = select_device(args.device)
+    check_precision(args.precision, device)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    data = load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
+                        url=args.url)
+    split = data.train if len(data.train) else data.split(data.eval_split_name())
+    result = run_benchmark(split.images, split.labels, model_name=args.model, precision=args.precision,
+                           batch_size=args.batch_size, device=device, steps=args.steps, repeats=args.repeats,
+                           seed_style=not args.no_seed_style)
+    print(format_table(result))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2))
+    return 0
+
+
 COMMANDS = {
     ("data", "info"): cmd_data_info,
     ("data", "download"): cmd_data_download,
@@ -230,6 +271,7 @@ COMMANDS = {
     ("train", None): cmd_train,
     ("evaluate", None): cmd_evaluate,
     ("predict", None): cmd_predict,
+    ("benchmark", None): cmd_benchmark,
 }
 
 
