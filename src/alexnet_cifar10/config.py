@@ -51,6 +51,8 @@ class Config:
     channels_last: bool = _f(True, "channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
     threads: int = _f(0, "CPU threads (0: one per core)")
+    deterministic: bool = _f(False, "CUDA: deterministic kernels, cudnn.benchmark off (CPU runs are "
+                             "bit-reproducible for a fixed --threads)")
     checkpoint_every: int = _f(0, "also checkpoint every N steps inside an epoch (0: per epoch)")
     tensorboard: bool = _f(False, "also write TensorBoard event files (needs `tensorboard`)")
     progress: bool = _f(True, "show tqdm progress bars")

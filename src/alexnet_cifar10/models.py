@@ -145,6 +145,11 @@ register(
     hidden=4096,
 )
 register(
+    "alexnet_tiny",
+    "a narrow alexnet (16-32-64-64-32, 64-64 classifier) for smoke tests and quick checks",
+    convs=((16, 3, 1), (32, 3, 1), (64, 3, 1), (64, 3, 1), (32, 3, 1)), pool_after=(0, 1, 4), hidden=64,
+)
+register(
     "alexnet_classic",
     "the original 224-pixel AlexNet (11x11 stride-4 conv, torchvision's widths, 4096-4096), fed "
     "with inputs upsampled on the device; GPU-sized (about 1.4 GFLOPs per image)",

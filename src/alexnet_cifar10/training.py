@@ -82,9 +82,13 @@ def check_precision(precision: str, device: torch.device) -> None:
 def configure_backends(config: Config, device: torch.device) -> None:
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not config.deterministic
+        torch.backends.cudnn.deterministic = config.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not config.deterministic
+        torch.backends.cudnn.allow_tf32 = not config.deterministic
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -175,6 +179,8 @@ def make_run_dir(config: Config, resume: bool) -> Path:
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a write that a crash interrupted
+            stale.unlink()
         probe = run_dir / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -184,7 +190,7 @@ def make_run_dir(config: Config, resume: bool) -> Path:
 
 
 # --------------------------------------------------------------------------- the run
-RESUME_OVERRIDES = ("epochs", "device", "progress", "threads", "checkpoint_every", "data")
+RESUME_OVERRIDES = ("epochs", "device", "progress", "threads", "checkpoint_every", "data", "deterministic")
 
 
 def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | None = None,

@@ -1,0 +1,144 @@
+"""Crash safety for real: SIGKILL at several moments, resume, and compare with an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet_cifar10 import make_config, train
+from alexnet_cifar10.errors import AlexNetCifarError
+
+FLAGS = ("--val-size", "20", "--batch-size", "8", "--epochs", "2", "--threads", "1", "--no-progress",
+         "--checkpoint-every", "1", "--model", "alexnet_tiny")
+
+
+def start(data: Path, run: Path, resume: bool) -> subprocess.Popen[str]:
+    args = ["--resume", str(run), "--no-progress"] if resume else ["--data", str(data), "--out", str(run), *FLAGS]
+    return subprocess.Popen([sys.executable, "-m", "alexnet_cifar10", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def finish(data: Path, run: Path) -> None:
+    """Resume (or start afresh when no checkpoint was written yet) until the run completes."""
+    for _ in range(3):
+        proc = start(data, run, resume=(run / "last.pt").exists())
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode == 0:
+            return
+    raise AssertionError(err)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "last.pt", weights_only=True)
+    tensors = dict(state["model"])
+    for i, s in state["optimizer"]["state"].items():
+        tensors |= {f"opt.{i}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)}
+    return tensors
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert torch.load(b / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "run"
+    proc = start(tiny_png, run, resume=False)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return run
+
+
+def wait_for(predicate, timeout: float = 120) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("moment", ["first-checkpoint", "mid-epoch-1", "epoch-2", "during-write", "twice"])
+def test_sigkill_then_resume_is_bit_identical(moment: str, reference: Path, tiny_png: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = start(tiny_png, run, resume=False)
+    step = {"first-checkpoint": 1, "mid-epoch-1": 3, "epoch-2": 7, "during-write": 4, "twice": 2}[moment]
+
+    def global_step() -> int:
+        try:
+            return torch.load(run / "last.pt", weights_only=True)["global_step"]
+        except Exception:  # noqa: BLE001 - not written yet
+            return 0
+
+    if moment == "during-write":
+        wait_for(lambda: global_step() >= step)
+        wait_for(lambda: any(run.glob(".last.pt.*.tmp")))  # a checkpoint write is under way
+    else:
+        wait_for(lambda: global_step() >= step)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if moment == "twice":
+        proc = start(tiny_png, run, resume=True)
+        wait_for(lambda: global_step() >= 6)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finish(tiny_png, run)
+    assert_identical(reference, run)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_sigterm_checkpoint_and_exit(sig: int, code: int, reference: Path, tiny_png: Path,
+                                            tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = start(tiny_png, run, resume=False)
+    wait_for(lambda: (run / "last.pt").exists())
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"--resume {run}" in lines[0] and "Traceback" not in err
+    finish(tiny_png, run)
+    assert_identical(reference, run)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_png: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "alexnet_cifar10", "train", "--data", str(tiny_png), "--out",
+                           str(run), *FLAGS, "--lr", "1e30"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "NaN or infinite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    if (run / "last.pt").exists():  # the last checkpoint written is still a loadable one
+        torch.load(run / "last.pt", weights_only=True)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tiny_png: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config(data=str(tiny_png), val_size=20, batch_size=8, epochs=2, threads=1, progress=False,
+                         model="alexnet_tiny", out=str(tmp_path / "run"))
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 1 wrote last.pt and best.pt; the next write hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(AlexNetCifarError, match="No space left on device.*previous checkpoint is intact"):
+        train(config)
+    monkeypatch.setattr(torch, "save", real_save)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert not list((tmp_path / "run").glob(".*.tmp"))
