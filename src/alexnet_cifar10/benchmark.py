@@ -166,7 +166,7 @@ def format_table(r: dict[str, Any]) -> str:
         ("end-to-end / seed-style", "-" if r["end_to_end_over_seed_style"] is None
          else f"{r['end_to_end_over_seed_style']:.2f}x"),
         ("train FLOPs per image", f"{r['train_flops_per_image'] / 1e9:.3f} GFLOP"),
-        (f"matmul rate ({r['precision']})", f"{r['matmul_flops_per_s'] / 1e12:.3f} TFLOP/s"),
+        (f"matmul rate ({r['precision']})", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"),
         ("MFU", f"{100 * r['mfu']:.1f}%"),
     ]
     head = f"{r['model']}, {r['precision']}, batch {r['batch_size']}, {r['machine']}"

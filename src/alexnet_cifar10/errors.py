@@ -4,7 +4,14 @@ from __future__ import annotations
 
 
 class AlexNetCifarError(Exception):
-    """Base of every error a user can cause and fix (bad path, bad file, bad flag)."""
+    """Base of every error a user can cause and fix (bad path, bad file, bad flag).
+
+    The message is kept to one line: details quoted from other libraries (pickle, tarfile,
+    Pillow) often span several, and a user sees exactly one line per error.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 class DataError(AlexNetCifarError):
