@@ -31,6 +31,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from alexnet_cifar10.export import load_safetensors
+
+        return load_safetensors(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -99,6 +99,13 @@ def build_parser() -> Parser:
     bench.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
     bench.add_argument("--no-seed-style", action="store_true", help="skip the DataLoader baseline")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors or TorchScript")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--format", choices=("onnx", "safetensors", "torchscript"), required=True)
+    ex.add_argument("--out", required=True, help="output file")
+    ex.add_argument("--check-data", default=None, metavar="PATH",
+                    help="onnx: compare with PyTorch on images from this data set (default: none)")
+    ex.add_argument("--check-images", type=int, default=1000, help="images for the ONNX check")
     return parser
 
 
@@ -264,6 +271,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.export import check_onnx, export
+
+    model = export(args.checkpoint, args.format, args.out)
+    print(f"wrote {args.out} ({args.format})")
+    if args.format == "onnx" and args.check_data:
+        from alexnet_cifar10.data import load_cifar10
+
+        data = load_cifar10(args.check_data, val_size=0)
+        split = data.train if len(data.train) else data.split("test")
+        images = split.images[: args.check_images].float() / 255
+        check = check_onnx(model, Path(args.out), images)
+        print(f"onnxruntime vs PyTorch on {check.images} images: max |logit diff| {check.max_abs_diff:.2e}, "
+              f"top-1 agreement {100 * check.top1_agreement:.2f}%")
+        if check.top1_agreement < 1.0:
+            return 1
+    return 0
+
+
 COMMANDS = {
     ("data", "info"): cmd_data_info,
     ("data", "download"): cmd_data_download,
@@ -272,6 +298,7 @@ COMMANDS = {
     ("evaluate", None): cmd_evaluate,
     ("predict", None): cmd_predict,
     ("benchmark", None): cmd_benchmark,
+    ("export", None): cmd_export,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -403,6 +404,11 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
     result = evaluate(model, split.images, split.labels, split=split_name, device=device,
                       precision=config.precision, tta=config.tta, channels_last=config.channels_last)
     atomic_write_text(run_dir / "final.json", json.dumps(result.to_dict(), indent=2))
+    if importlib.util.find_spec("safetensors") is not None:  # weights as tensors only, when installed
+        from alexnet_cifar10.export import export_safetensors
+
+        export_safetensors({"model": model.state_dict(), "model_name": config.model,
+                            "model_kwargs": {"dropout": config.dropout}}, run_dir / "model.safetensors")
     reporting.plot_confusion(result, run_dir / "confusion.png")
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
                            run_dir / "samples.png")

@@ -1,0 +1,124 @@
+"""Export a trained model: ONNX (checked with onnxruntime), safetensors, TorchScript.
+
+Every format takes the same input as ``load_model``: float RGB images in [0, 1], N x 3 x 32 x 32;
+normalisation is inside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alexnet_cifar10.checkpoint import load_checkpoint, model_from_state
+from alexnet_cifar10.errors import CheckpointError, ConfigError
+from alexnet_cifar10.io import atomic_write
+
+FORMATS = ("onnx", "safetensors", "torchscript")
+
+
+@dataclass
+class OnnxCheck:
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+
+
+def _require(module: str):  # noqa: ANN202
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        package = module.split(".")[0]
+        raise ConfigError(f"this needs the {package} package: pip install 'alexnet-cifar10[export]'") from None
+
+
+def trained_state(checkpoint: str | Path) -> dict:
+    state = load_checkpoint(checkpoint)
+    if state.get("ema_model") is not None:
+        state = {**state, "model": state["ema_model"]}
+    return state
+
+
+def _write_via_temp(out: Path, write) -> None:  # noqa: ANN001 - write(path)
+    """Exporters want a path; write next to ``out`` and rename, so ``out`` is never half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        path = Path(tmp) / out.name
+        write(path)
+        atomic_write(out, lambda f: f.write(path.read_bytes()))
+
+
+def export_onnx(model: nn.Module, out: Path) -> None:
+    dummy = torch.rand(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _write_via_temp(out, lambda p: torch.onnx.export(
+            model, (dummy,), str(p), dynamo=False, input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17))
+
+
+def check_onnx(model: nn.Module, onnx_file: Path, images: torch.Tensor, batch: int = 250) -> OnnxCheck:
+    """Compare ONNX Runtime with PyTorch on float images in [0, 1]."""
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    diff, agree = 0.0, 0
+    with torch.no_grad():
+        for x in images.split(batch):
+            ref = model(x)
+            got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+            diff = max(diff, float((got - ref).abs().max()))
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+    return OnnxCheck(len(images), diff, agree / max(len(images), 1))
+
+
+def export_safetensors(state: dict, out: Path) -> None:
+    st = _require("safetensors.torch")
+    tensors = {k: v.contiguous() for k, v in state["model"].items()}
+    metadata = {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs", {})),
+                "format": "alexnet-cifar10"}
+    _write_via_temp(out, lambda p: st.save_file(tensors, str(p), metadata=metadata))
+
+
+def export_torchscript(model: nn.Module, out: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, torch.rand(2, 3, 32, 32))
+    _write_via_temp(out, lambda p: traced.save(str(p)))
+
+
+def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
+    """Write ``checkpoint``'s trained model to ``out`` in ``fmt``; returns the PyTorch model."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    state = trained_state(checkpoint)
+    model = model_from_state(state).float().eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    out = Path(out)
+    if fmt == "onnx":
+        _require("onnx")
+        export_onnx(model, out)
+    elif fmt == "safetensors":
+        export_safetensors(state, out)
+    else:
+        export_torchscript(model, out)
+    return model
+
+
+def load_safetensors(path: str | Path) -> dict:
+    """A checkpoint-like dict from a .safetensors file: tensors only, nothing executed."""
+    st = _require("safetensors")
+    try:
+        with st.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except Exception as e:  # noqa: BLE001 - any parse failure of a hostile file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if "model_name" not in meta:
+        raise CheckpointError(f"{path}: safetensors file without alexnet-cifar10 metadata (model_name)")
+    return {"model": tensors, "model_name": meta["model_name"],
+            "model_kwargs": json.loads(meta.get("model_kwargs", "{}"))}

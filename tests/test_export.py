@@ -1,0 +1,65 @@
+"""Export: ONNX checked with onnxruntime on 1,000 real images, safetensors, TorchScript, torch.hub."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, SHARED_ARCHIVE, run_cli
+
+from alexnet_cifar10 import load_model
+from alexnet_cifar10.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("export") / "run"
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), "--val-size", "20",
+                     "--batch-size", "8", "--model", "alexnet_tiny", "--no-progress", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    return run / "best.pt"
+
+
+def test_onnx_matches_pytorch_on_1000_real_images(checkpoint: Path, tmp_path: Path) -> None:
+    if not SHARED_ARCHIVE.exists() and os.environ.get("CI") != "true":
+        pytest.skip("shared archive not present")
+    out = tmp_path / "model.onnx"
+    result = run_cli("export", str(checkpoint), "--format", "onnx", "--out", str(out), "--check-data",
+                     str(SHARED_ARCHIVE), "--check-images", "1000")
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"on (\d+) images: max \|logit diff\| (\S+), top-1 agreement (\S+)%", result.stdout)
+    assert found, result.stdout
+    assert int(found.group(1)) == 1000 and float(found.group(2)) < 1e-3 and float(found.group(3)) == 100.0
+    print(result.stdout)
+
+
+def test_safetensors_and_torchscript_give_the_same_outputs(checkpoint: Path, tmp_path: Path) -> None:
+    x = torch.rand(5, 3, 32, 32)
+    ref = load_model(checkpoint)(x)
+    st = tmp_path / "w.safetensors"
+    assert run_cli("export", str(checkpoint), "--format", "safetensors", "--out", str(st)).returncode == 0
+    assert torch.equal(load_model(st)(x), ref)
+    ts = tmp_path / "m.pt"
+    assert run_cli("export", str(checkpoint), "--format", "torchscript", "--out", str(ts)).returncode == 0
+    torch.testing.assert_close(torch.jit.load(str(ts))(x), ref)
+    assert (checkpoint.parent / "model.safetensors").is_file()  # training writes it too
+    torch.testing.assert_close(load_model(checkpoint.parent / "model.safetensors")(x), load_model(
+        checkpoint.parent / "last.pt")(x))
+
+
+def test_hostile_safetensors_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(bad)
+
+
+def test_torch_hub_local_loads_through_the_safe_loader(checkpoint: Path) -> None:
+    x = torch.rand(3, 3, 32, 32)
+    model = torch.hub.load(str(REPO), "alexnet_cifar10", source="local", weights=str(checkpoint))
+    assert torch.equal(model(x), load_model(checkpoint)(x))
+    fresh = torch.hub.load(str(REPO), "alexnet_cifar10", source="local", variant="alexnet_tiny")
+    assert fresh(x).shape == (3, 10)

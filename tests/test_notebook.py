@@ -1,0 +1,24 @@
+"""The notebook runs end to end in its quick setting (nbclient), so it cannot rot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import REPO, SHARED_ARCHIVE
+from nbclient import NotebookClient
+
+
+def test_notebook_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not SHARED_ARCHIVE.exists() and os.environ.get("CI") != "true":
+        pytest.skip("shared archive not present")
+    monkeypatch.setenv("ALEXNET_CIFAR10_QUICK", "1")
+    monkeypatch.setenv("ALEXNET_CIFAR10_DATA", str(SHARED_ARCHIVE))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(REPO / "notebooks" / "AlexNet_CIFAR10.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "run folder:" in outputs and "example.png" in outputs
+    assert (tmp_path / "runs" / "notebook-quick" / "report.html").is_file()
