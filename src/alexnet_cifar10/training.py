@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from alexnet_cifar10 import __version__, reporting
+from alexnet_cifar10 import __version__, distributed, reporting
 from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from alexnet_cifar10.config import Config, flag, load_config
 from alexnet_cifar10.data import Cifar10, load_cifar10
@@ -168,7 +168,8 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def make_run_dir(config: Config, resume: bool) -> Path:
+def make_run_dir(config: Config, resume: bool, create: bool = True) -> Path:
+    """The run folder; ``create=False`` (ranks other than 0) checks it without writing anything."""
     if config.out:
         run_dir = Path(config.out)
     else:
@@ -178,6 +179,8 @@ def make_run_dir(config: Config, resume: bool) -> Path:
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out/--name"
         )
+    if not create:
+        return run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp"):  # left by a write that a crash interrupted
@@ -215,19 +218,33 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     config.validate()
     device = select_device(config.device)
     check_precision(config.precision, device)
+    d, device = distributed.setup(device)
+    try:
+        return _train(config, state, data, device, d)
+    finally:
+        distributed.cleanup(d)
+
+
+def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, device: torch.device,
+           d: distributed.Dist) -> TrainResult:
     configure_backends(config, device)
-    run_dir = make_run_dir(config, resume=state is not None)
+    main = d.is_main  # rank 0 alone prints, plots and writes the run folder
+    if d.enabled and config.name == "" and config.out == "":
+        raise ConfigError("under torchrun give the run folder explicitly (--out DIR or --name NAME), so that "
+                          "every rank agrees on it")
+    run_dir = make_run_dir(config, resume=state is not None, create=main)
+    progress = config.progress and main
 
     # data: everything resident on the device as uint8
     if data is None:
         data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
-                            progress=config.progress)
+                            progress=progress)
     if len(data.train) == 0:
         raise TrainingError(f"{data.source}: the data has no training split to train on")
     torch.manual_seed(config.seed)
     loader = ResidentLoader(data.train.images, data.train.labels, config.batch_size, train=True,
                             device=device, seed=config.seed, pad=config.crop_pad, flip=config.flip,
-                            cutout=config.cutout, channels_last=config.channels_last)
+                            cutout=config.cutout, channels_last=config.channels_last, rank=d.rank, world=d.world)
     if len(loader) == 0:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images")
     val_loader = None
@@ -244,7 +261,8 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(loader)))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     ema = EMA(model, config.ema) if config.ema else None
-    step_fn = torch.compile(model) if config.compile else model
+    ddp = distributed.wrap(model, d, device)
+    step_fn = torch.compile(ddp) if config.compile else ddp
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history: list[dict[str, Any]] = []
@@ -264,12 +282,15 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         set_rng_state(state["rng"])
 
     cfg = config.to_dict()
-    atomic_write_text(run_dir / "config.json", json.dumps(
-        {**cfg, "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-         "device_name": device_name(device)}, indent=2))
-    writer = open_tensorboard(run_dir) if config.tensorboard else None
+    if main:
+        atomic_write_text(run_dir / "config.json", json.dumps(
+            {**cfg, "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+             "device_name": device_name(device), "world_size": d.world}, indent=2))
+    writer = open_tensorboard(run_dir) if config.tensorboard and main else None
 
     def checkpoint(epoch: int, step: int, path: Path, sums: dict[str, Any]) -> None:
+        if not main:
+            return
         save_checkpoint(path, {
             "model_name": config.model,
             "model_kwargs": {"dropout": config.dropout},
@@ -288,15 +309,24 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
 
+    def totals(loss: torch.Tensor, correct: torch.Tensor, seen: int, partial: dict[str, Any],
+               t0: float) -> dict[str, Any]:
+        """Epoch sums over every rank (one collective when distributed), plus what a resumed
+        checkpoint had already summed."""
+        loss_sum, n_correct, images = distributed.all_sum([float(loss), float(correct), seen], d, device)
+        return {"loss_sum": partial["loss_sum"] + loss_sum, "correct": partial["correct"] + int(n_correct),
+                "seen": partial["seen"] + int(images), "seconds": time.perf_counter() - t0}
+
     with stop_requests() as stop:
         for epoch in range(start_epoch, config.epochs):
             model.train()
             dev_loss = torch.zeros((), dtype=torch.float64, device=device)
             dev_correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = partial["seen"]
+            seen = 0  # this rank's images since the epoch (re)started; partial holds the rest, summed
+
             t0 = time.perf_counter() - partial["seconds"]
             bar = tqdm(total=len(loader), initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not config.progress, unit="step", leave=False)
+                       disable=not progress, unit="step", leave=False)
             for step, (x, y) in enumerate(loader.iterate(epoch, start_step), start=start_step):
                 with autocast(device, config.precision):
                     logits = step_fn(x)
@@ -313,34 +343,31 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
                 seen += len(y)
                 global_step += 1
                 bar.update(1)
-                if step % 25 == 0 or step == len(loader) - 1:  # the only mid-epoch sync, for the bar
-                    bar.set_postfix(loss=f"{(partial['loss_sum'] + float(dev_loss)) / seen:.3f}",
-                                    acc=f"{(partial['correct'] + int(dev_correct)) / seen:.3f}",
-                                    ips=f"{seen / (time.perf_counter() - t0):.0f}")
-                sums = None
-                if stop["signal"] is not None or (config.checkpoint_every
-                                                  and global_step % config.checkpoint_every == 0):
-                    sums = {"loss_sum": partial["loss_sum"] + float(dev_loss),
-                            "correct": partial["correct"] + int(dev_correct), "seen": seen,
-                            "seconds": time.perf_counter() - t0}
+                if progress and (step % 25 == 0 or step == len(loader) - 1):  # the only sync, for the bar
+                    bar.set_postfix(loss=f"{float(dev_loss) / seen:.3f}", acc=f"{int(dev_correct) / seen:.3f}",
+                                    ips=f"{d.world * seen / (time.perf_counter() - t0 - partial['seconds']):.0f}")
+                stopping = distributed.any_rank(stop["signal"] is not None, d, device)
+                if stopping or (config.checkpoint_every and global_step % config.checkpoint_every == 0):
+                    sums = totals(dev_loss, dev_correct, seen, partial, t0)
                     if not math.isfinite(sums["loss_sum"]):
                         raise TrainingError(non_finite_message(epoch, run_dir))
                     checkpoint(epoch, step + 1, run_dir / "last.pt", sums)
-                if stop["signal"] is not None:
+                if stopping:
                     bar.close()
                     code = 130 if stop["signal"] == signal.SIGINT else 143
                     raise Interrupted(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint "
                                       f"written; continue with: alexnet-cifar10 train --resume {run_dir}", code)
             bar.close()
-            seconds = time.perf_counter() - t0
-            train_loss = (partial["loss_sum"] + float(dev_loss)) / max(seen, 1)
-            train_acc = (partial["correct"] + int(dev_correct)) / max(seen, 1)
+            sums = totals(dev_loss, dev_correct, seen, partial, t0)
+            seconds = sums["seconds"]
+            train_loss = sums["loss_sum"] / max(sums["seen"], 1)
+            train_acc = sums["correct"] / max(sums["seen"], 1)
             if not math.isfinite(train_loss):
                 raise TrainingError(non_finite_message(epoch, run_dir))
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                                    "val_loss": None, "val_acc": None,
                                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-                                   "images_per_s": seen / seconds if seconds else 0.0}
+                                   "images_per_s": sums["seen"] / seconds if seconds else 0.0}
             if val_loader is not None:
                 result = evaluate(eval_model(), data.val.images, data.val.labels, loader=val_loader,
                                   device=device, precision=config.precision, tta=config.tta)
@@ -353,13 +380,14 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
             checkpoint(epoch + 1, 0, run_dir / "last.pt", partial)
             if improved or val_loader is None:
                 checkpoint(epoch + 1, 0, run_dir / "best.pt", partial)
-            write_metrics(run_dir, history)
-            reporting.plot_curves(history, run_dir / "curves.png")
+            if main:
+                write_metrics(run_dir, history)
+                reporting.plot_curves(history, run_dir / "curves.png")
             if writer is not None:
                 for key, value in row.items():
                     if key != "epoch" and value is not None:
                         writer.add_scalar(key, value, epoch + 1)
-            if config.progress:
+            if progress:
                 val = ("" if row["val_acc"] is None
                        else f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_acc']:.2f}%")
                 tqdm.write(f"epoch {epoch + 1:>3}/{config.epochs} train_loss {train_loss:.4f} "
@@ -368,7 +396,7 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     if writer is not None:
         writer.close()
 
-    final = finish(run_dir, config, data, eval_model(), history, device)
+    final = finish(run_dir, config, data, eval_model(), history, device) if main else None
     return TrainResult(run_dir=run_dir, history=history, final=final, model=eval_model())
 
 

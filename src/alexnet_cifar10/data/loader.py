@@ -116,13 +116,17 @@ class ResidentLoader:
 
     def batch(self, epoch: int, step: int, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-        if self.world > 1:
-            idx = idx.tensor_split(self.world)[self.rank]
-        x, y = self.images[idx], self.labels[idx]
+        mine = slice(None)
+        if self.world > 1:  # this rank's slice of the global batch, and of its random draws
+            size, extra = divmod(len(idx), self.world)  # the chunks of torch.tensor_split
+            start = self.rank * size + min(self.rank, extra)
+            mine = slice(start, start + size + (self.rank < extra))
+        x, y = self.images[idx[mine]], self.labels[idx[mine]]
         if self.train:
             gen = _generator(self.device, self.seed, epoch, step, 7)
-            x = augment(x, draw(len(idx), self.pad, self.flip, self.cutout, gen, self.device),
-                        self.pad, self.cutout)
+            d = draw(len(idx), self.pad, self.flip, self.cutout, gen, self.device)
+            d = Draws(*(None if t is None else t[mine] for t in (d.dy, d.dx, d.flip, d.cy, d.cx)))
+            x = augment(x, d, self.pad, self.cutout)
         return to_float(x, self.channels_last), y
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,98 @@
+"""torchrun / DistributedDataParallel set-up: one process per GPU (or per CPU worker with gloo).
+
+Each rank holds the whole data set and trains on its slice of every global batch (the loader
+shares one permutation per epoch), so ``--batch-size`` stays the global batch. Rank 0 alone
+prints, plots and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from alexnet_cifar10.errors import ConfigError, TrainingError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group that torchrun describes in the environment (no-op otherwise)."""
+    if not launched_by_torchrun():
+        return Dist(), device
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=float(os.environ.get("ALEXNET_CIFAR10_DIST_TIMEOUT", "120")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return Dist(rank, world, local_rank), device
+
+
+def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
+    """DDP around ``model``; BatchNorm synchronised across ranks on CUDA."""
+    if not d.enabled:
+        return model
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif has_bn and d.is_main:
+        print("warning: SyncBatchNorm needs CUDA; on the CPU each rank keeps its own BatchNorm statistics")
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    """Sum plain numbers over the ranks (one collective)."""
+    if not d.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    collective(lambda: dist.all_reduce(t))
+    return t.tolist()
+
+
+def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+    return bool(all_sum([float(flag)], d, device)[0]) if d.enabled else flag
+
+
+def collective(fn):  # noqa: ANN001, ANN201
+    """Run a collective; a peer that died or timed out becomes one clear error."""
+    try:
+        return fn()
+    except (RuntimeError, dist.DistError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"a distributed peer failed or timed out ({first[:200]}); the job stops") from None
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        collective(dist.barrier)
+
+
+def cleanup(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
