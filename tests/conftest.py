@@ -100,3 +100,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "alexnet_cifar10", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def split_counts(stdout: str) -> dict[str, str]:
+    """The image count per split from the table that `data info` prints."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("train", "val", "test"):
+            rows[parts[0]] = parts[1]
+    return rows

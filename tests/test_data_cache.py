@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_ARCHIVE, make_pixels, run_cli, write_imagefolder, write_python, write_tar
+from conftest import SHARED_ARCHIVE, make_pixels, run_cli, split_counts, write_imagefolder, write_python, write_tar
 from PIL import Image
 
 from alexnet_cifar10.data import CLASSES, load_cifar10
@@ -180,15 +180,15 @@ def test_val_split_is_stratified(tmp_path: Path, ten_per_class: Pixels) -> None:
     root = write_python(tmp_path / "py", ten_per_class)
     data = load_cifar10(root, val_size=30)
     assert len(data.train) == 70 and len(data.val) == 30
-    assert data.val.class_counts() == [3] * 10
-    assert data.train.class_counts() == [7] * 10
+    assert data.val.classsplit_counts() == [3] * 10
+    assert data.train.classsplit_counts() == [7] * 10
     assert len(data.test) == 20
     assert data.train.images.dtype == data.val.images.dtype == torch.uint8
 
 
 def test_val_size_not_a_multiple_of_ten(tmp_path: Path, ten_per_class: Pixels) -> None:
     data = load_cifar10(write_python(tmp_path / "py", ten_per_class), val_size=25)
-    assert data.val.class_counts() == [3] * 5 + [2] * 5
+    assert data.val.classsplit_counts() == [3] * 5 + [2] * 5
     assert len(data.train) == 75
 
 
@@ -218,7 +218,7 @@ def test_split_is_deterministic_per_seed(tmp_path: Path, ten_per_class: Pixels) 
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.val.labels, b.val.labels)
     assert torch.equal(a.train.images, b.train.images)
     c = load_cifar10(root, val_size=30, seed=1)
-    assert c.val.class_counts() == [3] * 10
+    assert c.val.classsplit_counts() == [3] * 10
     assert _rows(c.val.images) != _rows(a.val.images)
     fresh = load_cifar10(root, val_size=30, seed=1, use_cache=False)
     assert torch.equal(fresh.val.images, c.val.images)
@@ -244,7 +244,7 @@ def test_val_size_larger_than_a_class(tmp_path: Path, ten_per_class: Pixels) -> 
     root = write_python(tmp_path / "py", {"train": (x[keep], y[keep])})
     with pytest.raises(DataError, match="airplane"):
         load_cifar10(root, val_size=30)
-    assert load_cifar10(root, val_size=20).val.class_counts() == [2] * 10
+    assert load_cifar10(root, val_size=20).val.classsplit_counts() == [2] * 10
 
 
 # --------------------------------------------------------------------------- the real shared archive
@@ -268,8 +268,8 @@ def test_real_shared_archive(real_cache: Path) -> None:
     assert data.format == "imagefolder"
     assert data.test is None
     assert len(data.train) == 45_000 and len(data.val) == 5_000
-    assert data.train.class_counts() == [4_500] * 10
-    assert data.val.class_counts() == [500] * 10
+    assert data.train.classsplit_counts() == [4_500] * 10
+    assert data.val.classsplit_counts() == [500] * 10
     for split in (data.train, data.val):
         assert split.images.dtype == torch.uint8
         assert split.labels.dtype == torch.int64
@@ -279,15 +279,6 @@ def test_real_shared_archive(real_cache: Path) -> None:
     assert data.eval_split_name() == "val"
 
 
-def _counts(stdout: str) -> dict[str, str]:
-    rows = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if parts and parts[0] in ("train", "val", "test"):
-            rows[parts[0]] = parts[1]
-    return rows
-
-
 def test_cli_data_info_on_the_real_archive_hits_the_cache(tmp_path: Path, real_cache: Path) -> None:
     _require_shared_archive()
     args = ("data", "info", "--data", str(SHARED_ARCHIVE), "--cache-dir", str(real_cache))
@@ -295,7 +286,7 @@ def test_cli_data_info_on_the_real_archive_hits_the_cache(tmp_path: Path, real_c
     for result in results:
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr
-        assert _counts(result.stdout) == {"train": "45000", "val": "5000", "test": "none"}
+        assert split_counts(result.stdout) == {"train": "45000", "val": "5000", "test": "none"}
         assert "format: imagefolder" in result.stdout
     cache_line = next(line for line in results[1].stdout.splitlines() if line.startswith("cache:"))
     assert "(hit," in cache_line

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import make_pixels, run_cli, write_python, write_tar
+from conftest import make_pixels, run_cli, split_counts, write_python, write_tar
 
 from alexnet_cifar10.data import load_cifar10
 from alexnet_cifar10.data.download import download_archive
@@ -226,15 +226,6 @@ def test_downloaded_archive_loads(tmp_path: Path, server: _Server, url: str, md5
 
 
 # --------------------------------------------------------------------------- CLI end to end
-def _counts(stdout: str) -> dict[str, str]:
-    rows = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if parts and parts[0] in ("train", "val", "test"):
-            rows[parts[0]] = parts[1]
-    return rows
-
-
 def test_cli_data_download(tmp_path: Path, url: str, md5: str, payload: bytes) -> None:
     dest = tmp_path / "into"
     result = run_cli("data", "download", "--data", str(dest), cwd=tmp_path,
@@ -252,7 +243,7 @@ def test_cli_data_info_downloads_the_default_folder(tmp_path: Path, server: _Ser
     result = run_cli("data", "info", "--val-size", "10", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert _counts(result.stdout) == {"train": "20", "val": "10", "test": "10"}
+    assert split_counts(result.stdout) == {"train": "20", "val": "10", "test": "10"}
     assert "format: python" in result.stdout
     assert _files(tmp_path / "data") == [NAME]
     assert server.state.ranges == [None]

@@ -103,40 +103,30 @@ def register(name: str, description: str, **kwargs: object) -> ModelSpec:
 
 
 _SEED_CONVS = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
-
 _K5_CONVS = ((64, 5, 1), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
 _WIDE_CONVS = ((96, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1))
 
-register(
+def register_with_bn(name: str, description: str, **kwargs: object) -> None:
+    """Register ``name`` and its twin ``name_bn`` with BatchNorm after each convolution."""
+    register(name, description, **kwargs)
+    register(f"{name}_bn", f"{name} with BatchNorm after each convolution", **kwargs, batch_norm=True)
+
+
+register_with_bn(
     "alexnet",
     "AlexNet for 32x32: 3x3 convs 64-192-384-256-256 at stride 1, max-pools after conv 1, 2 and 5, "
     "1024-1024 classifier with dropout",
     convs=_SEED_CONVS, pool_after=(0, 1, 4), hidden=1024,
 )
-register(
-    "alexnet_bn",
-    "alexnet with BatchNorm after each convolution",
-    convs=_SEED_CONVS, pool_after=(0, 1, 4), hidden=1024, batch_norm=True,
-)
-register(
+register_with_bn(
     "alexnet_k5",
     "alexnet with the original's larger early kernels: 5x5 first and second convolutions",
     convs=_K5_CONVS, pool_after=(0, 1, 4), hidden=1024,
 )
-register(
-    "alexnet_k5_bn",
-    "alexnet_k5 with BatchNorm after each convolution",
-    convs=_K5_CONVS, pool_after=(0, 1, 4), hidden=1024, batch_norm=True,
-)
-register(
+register_with_bn(
     "alexnet_wide",
     "alexnet with the original AlexNet's two-tower widths summed: 96-256-384-384-256",
     convs=_WIDE_CONVS, pool_after=(0, 1, 4), hidden=1024,
-)
-register(
-    "alexnet_wide_bn",
-    "alexnet_wide with BatchNorm after each convolution",
-    convs=_WIDE_CONVS, pool_after=(0, 1, 4), hidden=1024, batch_norm=True,
 )
 register(
     "alexnet_small",
