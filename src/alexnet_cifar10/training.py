@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ def select_device(name: str) -> torch.device:
 def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    capability = torch.backends.cpu.get_cpu_capability()
+    if precision == "bf16" and device.type == "cpu" and "AVX512" not in capability:
+        print(f"warning: this CPU offers {capability} but no AVX-512/bf16 instructions: bf16 is emulated and "
+              "much slower than fp32 here (see BENCHMARKS.md)", file=sys.stderr)
 
 
 def configure_backends(config: Config, device: torch.device) -> None:

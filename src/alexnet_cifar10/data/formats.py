@@ -104,10 +104,9 @@ def archive_source(archive: Path) -> Source:
                 _check_member(archive, member)
                 if not member.isfile():
                     continue
-                name = posixpath.normpath(member.name.lstrip("./") or member.name)
-                base = posixpath.basename(name)
-                if base.startswith(".") or "/." in "/" + name:
-                    continue
+                name = posixpath.normpath(member.name)  # also drops a leading "./"
+                if name == "." or any(part.startswith(".") for part in name.split("/")):
+                    continue  # hidden files and folders (e.g. macOS "._*" resource forks)
                 handle = tar.extractfile(member)
                 files[name] = handle.read() if handle else b""
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
