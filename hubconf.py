@@ -4,6 +4,7 @@ The model takes float RGB images in [0, 1], N x 3 x 32 x 32 (normalisation is in
 same input as ``alexnet_cifar10.load_model`` and the exported ONNX file.
 """
 
+import hashlib
 import os
 import sys
 
@@ -31,7 +32,8 @@ def alexnet_cifar10(weights=None, variant="alexnet", map_location="cpu"):  # noq
     if weights.startswith(("http://", "https://")):
         folder = os.path.join(torch.hub.get_dir(), "alexnet_cifar10")
         os.makedirs(folder, exist_ok=True)
-        local = os.path.join(folder, os.path.basename(weights.split("?")[0]))
+        key = hashlib.sha256(weights.encode()).hexdigest()[:16]  # one file per URL, not per basename
+        local = os.path.join(folder, f"{key}-{os.path.basename(weights.split('?')[0])}")
         if not os.path.exists(local):
             torch.hub.download_url_to_file(weights, local)
         weights = local

@@ -144,3 +144,38 @@ def test_models_command_lists_computed_sizes() -> None:
     assert {"alexnet", "alexnet_bn", "alexnet_classic"} <= set(rows)
     assert rows["alexnet_classic"]["mflops"] > rows["alexnet"]["mflops"] > 0
     assert rows["alexnet"]["params"] > 1e6
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--lr", "nan", "--data", "x"],
+    ["train", "--optimizer", "sgd", "--momentum", "0", "--data", "x"],
+    ["train", "--weight-decay", "-1", "--data", "x"],
+    ["train", "--checkpoint-every", "-2", "--data", "x"],
+    ["data", "download", "--url", "notaurl", "--data", "{tmp}/dl"],
+    ["predict", "{ckpt}", "{ckpt}", "--top-k", "0"],
+    ["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "0"],
+    ["benchmark", "--data", "{data}", "--val-size", "20", "--batch-size", "100000"],
+    ["export", "{ckpt}", "--format", "safetensors", "--out", "{tmp}"],
+    ["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}/m.onnx", "--check-images", "0"],
+    ["train", "--resume", "{run}/model.safetensors"],
+])
+def test_bad_values_are_one_line_errors(argv: list[str], trained_run: Path, tiny_png: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet_cifar10.cli import main
+
+    values = {"tmp": str(tmp_path), "ckpt": str(trained_run / "best.pt"), "data": str(tiny_png),
+              "run": str(trained_run)}
+    code = main([a.format(**values) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("alexnet-cifar10: error:"), err
+
+
+def test_an_interrupted_default_download_is_resumed(tmp_path: Path) -> None:
+    from alexnet_cifar10.data import load_cifar10
+    from alexnet_cifar10.errors import DownloadError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz.part").write_bytes(b"partial")
+    with pytest.raises(DownloadError, match="cannot download http://127.0.0.1:9/"):  # the resume was attempted
+        load_cifar10(data, auto_download=True, url="http://127.0.0.1:9/cifar-10-python.tar.gz")

@@ -78,12 +78,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def model_from_state(state: dict[str, Any]) -> AlexNet:
-    model = create_model(state["model_name"], **state.get("model_kwargs", {}))
     try:
+        model = create_model(str(state["model_name"]), **dict(state.get("model_kwargs") or {}))
         model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint weights do not fit model {state['model_name']}: {e}") from None
     return model.eval()
+
+
+def trained_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint with the weights to use for inference (the EMA ones when the run kept them)."""
+    state = load_checkpoint(path)
+    if state.get("ema_model") is not None:
+        state = {**state, "model": state["ema_model"]}
+    return state
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
@@ -91,7 +99,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
 
     It takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself.
     """
-    state = load_checkpoint(path)
-    if state.get("ema_model") is not None:
-        state = {**state, "model": state["ema_model"]}
-    return model_from_state(state).to(device)
+    return model_from_state(trained_state(path)).to(device)

@@ -110,11 +110,25 @@ def build_parser() -> Parser:
 
 
 # --------------------------------------------------------------------------- commands
-def cmd_data_info(args: argparse.Namespace) -> int:
-    from alexnet_cifar10.data import CLASSES, load_cifar10
+def load_data(args: argparse.Namespace, progress: bool = False):  # noqa: ANN201 - a Cifar10
+    """The data set named by the common data flags (add_data_flags)."""
+    from alexnet_cifar10.data import load_cifar10
 
-    data = load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
-                        url=args.url, progress=sys.stderr.isatty())
+    return load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
+                        url=args.url, progress=progress)
+
+
+def at_least(value: int, minimum: int, name: str) -> None:
+    if value < minimum:
+        from alexnet_cifar10.errors import ConfigError
+
+        raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.data import CLASSES
+
+    data = load_data(args, progress=sys.stderr.isatty())
     splits = {name: getattr(data, name) for name in ("train", "val", "test")}
     report = {
         "source": str(data.source), "format": data.format,
@@ -161,13 +175,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from alexnet_cifar10.data import load_cifar10
-    from alexnet_cifar10.training import train
+    from alexnet_cifar10.training import make_run_dir, train
 
     given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if args.resume:
-        result = train(Config(), resume=args.resume, overrides=given)
+        result = train(Config(), resume=args.resume, overrides=given, cache_dir=args.cache_dir)
     else:
         config = make_config(given.pop("recipe", "seed"), **given)
+        make_run_dir(config, resume=False, create=False)  # refuse an existing run before loading data
         data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
                             cache_dir=args.cache_dir, progress=config.progress and sys.stderr.isatty())
         result = train(config, data=data)
@@ -178,25 +193,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
-    from alexnet_cifar10.checkpoint import load_checkpoint, model_from_state
+    from alexnet_cifar10.checkpoint import model_from_state, trained_state
     from alexnet_cifar10.training import select_device
 
-    state = load_checkpoint(args.checkpoint)
-    if state.get("ema_model") is not None:
-        state = {**state, "model": state["ema_model"]}
+    state = trained_state(args.checkpoint)
     device = select_device(args.device)
     return model_from_state(state).to(device), state, device
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet_cifar10 import reporting
-    from alexnet_cifar10.data import load_cifar10
     from alexnet_cifar10.evaluation import evaluate
     from alexnet_cifar10.io import atomic_write_text
 
+    at_least(args.batch_size, 1, "batch-size")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the work
     model, state, device = _load_for_eval(args)
-    data = load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
-                        url=args.url)
+    data = load_data(args)
     name = args.split or data.eval_split_name()
     split = data.split(name)
     tta = state.get("config", {}).get("tta", False) if args.tta is None else args.tta
@@ -204,7 +218,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       device=device, tta=tta)
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=2))
         reporting.plot_confusion(result, out / "confusion.png")
         reporting.plot_samples(split.images, split.labels, result.predictions, data.classes, out / "samples.png")
@@ -219,6 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from alexnet_cifar10.evaluation import predict
 
+    at_least(args.top_k, 1, "top-k")
     model, state, device = _load_for_eval(args)
     results = predict(model, args.inputs, top_k=args.top_k, device=device,
                       tta=state.get("config", {}).get("tta", False))
@@ -242,26 +256,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    import os
-
-    import torch
-
     from alexnet_cifar10.benchmark import format_table, run_benchmark
-    from alexnet_cifar10.data import load_cifar10
     from alexnet_cifar10.errors import ConfigError
     from alexnet_cifar10.io import atomic_write_text
     from alexnet_cifar10.models import create_model
-    from alexnet_cifar10.training import check_precision, select_device
+    from alexnet_cifar10.training import check_precision, select_device, set_threads
 
-    if args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
-        raise ConfigError("--steps, --repeats and --batch-size must be at least 1")
+    for name in ("steps", "repeats", "batch_size"):
+        at_least(getattr(args, name), 1, name.replace("_", "-"))
+    at_least(args.threads, 0, "threads")
+    if args.json and not Path(args.json).parent.is_dir():
+        raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     create_model(args.model)  # an unknown name fails here, before the data loads
     device = select_device(args.device)
     check_precision(args.precision, device)
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    data = load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
-                        url=args.url)
-    split = data.train if len(data.train) else data.split(data.eval_split_name())
+    set_threads(args.threads)
+    split = load_data(args).sample_split()
+    if args.batch_size > len(split):
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than the {len(split)} images to benchmark on")
     result = run_benchmark(split.images, split.labels, model_name=args.model, precision=args.precision,
                            batch_size=args.batch_size, device=device, steps=args.steps, repeats=args.repeats,
                            seed_style=not args.no_seed_style)
@@ -274,14 +286,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from alexnet_cifar10.export import check_onnx, export
 
+    at_least(args.check_images, 1, "check-images")
     model = export(args.checkpoint, args.format, args.out)
     print(f"wrote {args.out} ({args.format})")
     if args.format == "onnx" and args.check_data:
         from alexnet_cifar10.data import load_cifar10
 
-        data = load_cifar10(args.check_data, val_size=0)
-        split = data.train if len(data.train) else data.split("test")
-        images = split.images[: args.check_images].float() / 255
+        images = load_cifar10(args.check_data, val_size=0).sample_split().images[: args.check_images].float() / 255
         check = check_onnx(model, Path(args.out), images)
         print(f"onnxruntime vs PyTorch on {check.images} images: max |logit diff| {check.max_abs_diff:.2e}, "
               f"top-1 agreement {100 * check.top1_agreement:.2f}%")

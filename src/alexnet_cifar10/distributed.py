@@ -41,16 +41,21 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group that torchrun describes in the environment (no-op otherwise)."""
     if not launched_by_torchrun():
         return Dist(), device
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        seconds = float(os.environ.get("ALEXNET_CIFAR10_DIST_TIMEOUT", "120"))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"bad torchrun environment ({e}); launch with torchrun, which sets RANK, WORLD_SIZE "
+                          "and LOCAL_RANK") from None
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    timeout = timedelta(seconds=float(os.environ.get("ALEXNET_CIFAR10_DIST_TIMEOUT", "120")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        collective(lambda: dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                                   timeout=timedelta(seconds=seconds)))
     return Dist(rank, world, local_rank), device
 
 
@@ -79,18 +84,17 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     return bool(all_sum([float(flag)], d, device)[0]) if d.enabled else flag
 
 
+def peer_error(e: BaseException) -> TrainingError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return TrainingError(f"a distributed peer failed or timed out ({first[:200]}); the job stops")
+
+
 def collective(fn):  # noqa: ANN001, ANN201
     """Run a collective; a peer that died or timed out becomes one clear error."""
     try:
         return fn()
     except (RuntimeError, dist.DistError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingError(f"a distributed peer failed or timed out ({first[:200]}); the job stops") from None
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        collective(dist.barrier)
+        raise peer_error(e) from None
 
 
 def cleanup(d: Dist) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alexnet_cifar10.checkpoint import load_checkpoint, model_from_state
+from alexnet_cifar10.checkpoint import model_from_state, trained_state
 from alexnet_cifar10.errors import CheckpointError, ConfigError
 from alexnet_cifar10.io import atomic_write
 
@@ -35,13 +35,6 @@ def _require(module: str):  # noqa: ANN202
     except ImportError:
         package = module.split(".")[0]
         raise ConfigError(f"this needs the {package} package: pip install 'alexnet-cifar10[export]'") from None
-
-
-def trained_state(checkpoint: str | Path) -> dict:
-    state = load_checkpoint(checkpoint)
-    if state.get("ema_model") is not None:
-        state = {**state, "model": state["ema_model"]}
-    return state
 
 
 def _write_via_temp(out: Path, write) -> None:  # noqa: ANN001 - write(path)
@@ -95,6 +88,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
     """Write ``checkpoint``'s trained model to ``out`` in ``fmt``; returns the PyTorch model."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name")
     state = trained_state(checkpoint)
     model = model_from_state(state).float().eval()
     model = model.to(memory_format=torch.contiguous_format)
@@ -120,5 +115,8 @@ def load_safetensors(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     if "model_name" not in meta:
         raise CheckpointError(f"{path}: safetensors file without alexnet-cifar10 metadata (model_name)")
-    return {"model": tensors, "model_name": meta["model_name"],
-            "model_kwargs": json.loads(meta.get("model_kwargs", "{}"))}
+    try:
+        kwargs = json.loads(meta.get("model_kwargs", "{}"))
+    except ValueError:
+        raise CheckpointError(f"{path}: unreadable model_kwargs metadata") from None
+    return {"model": tensors, "model_name": meta["model_name"], "model_kwargs": kwargs}

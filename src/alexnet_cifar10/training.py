@@ -25,7 +25,7 @@ from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoi
 from alexnet_cifar10.config import Config, flag, load_config
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
-from alexnet_cifar10.errors import ConfigError, TrainingError
+from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
 from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
 from alexnet_cifar10.io import atomic_write_text
 from alexnet_cifar10.models import AlexNet, create_model
@@ -85,8 +85,13 @@ def check_precision(precision: str, device: torch.device) -> None:
               "much slower than fp32 here (see BENCHMARKS.md)", file=sys.stderr)
 
 
+def set_threads(threads: int) -> None:
+    """CPU threads for torch's kernels; 0 means one per core."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
 def configure_backends(config: Config, device: torch.device) -> None:
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    set_threads(config.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.backends.cudnn.deterministic = config.deterministic
@@ -133,7 +138,7 @@ def lr_factor(config: Config, steps_per_epoch: int):  # noqa: ANN201 - a step ->
             peak = 0.25 * total
             return step / peak if step < peak else max(0.0, (total - step) / (total - peak))
         if step < warmup:
-            return (step + 1) / warmup
+            return min(1.0, (step + 1) / warmup)
         progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
         if config.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * progress))
@@ -173,6 +178,10 @@ def stop_requests():
             signal.signal(sig, old)
 
 
+RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "curves.png", "confusion.png", "samples.png",
+             "report.html", "final.json", "model.safetensors")
+
+
 def make_run_dir(config: Config, resume: bool, create: bool = True) -> Path:
     """The run folder; ``create=False`` (ranks other than 0) checks it without writing anything."""
     if config.out:
@@ -188,8 +197,9 @@ def make_run_dir(config: Config, resume: bool, create: bool = True) -> Path:
         return run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):  # left by a write that a crash interrupted
-            stale.unlink()
+        for name in RUN_FILES:  # temp files of writes that a crash interrupted
+            for stale in run_dir.glob(f".{name}.*.tmp"):
+                stale.unlink()
         probe = run_dir / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -199,11 +209,12 @@ def make_run_dir(config: Config, resume: bool, create: bool = True) -> Path:
 
 
 # --------------------------------------------------------------------------- the run
+STOP_CHECK = 10  # steps between the collective checks for SIGINT/SIGTERM under torchrun
 RESUME_OVERRIDES = ("epochs", "device", "progress", "threads", "checkpoint_every", "data", "deterministic")
 
 
 def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | None = None,
-          overrides: dict[str, Any] | None = None) -> TrainResult:
+          overrides: dict[str, Any] | None = None, cache_dir: str | None = None) -> TrainResult:
     """Train ``config`` into a run folder.
 
     ``resume`` (a run folder or checkpoint) continues that run from its last.pt with its saved
@@ -212,7 +223,12 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     state: dict[str, Any] | None = None
     if resume is not None:
         resume = Path(resume)
-        state = load_checkpoint(resume / "last.pt" if resume.is_dir() else resume)
+        checkpoint_file = resume / "last.pt" if resume.is_dir() else resume
+        state = load_checkpoint(checkpoint_file)
+        missing = [k for k in ("optimizer", "scheduler", "scaler", "epoch", "step", "rng", "partial") if k not in state]
+        if missing:
+            raise CheckpointError(f"{checkpoint_file}: holds weights but no training state ({', '.join(missing)}); "
+                                  "--resume needs a run's last.pt")
         run_dir = resume if resume.is_dir() else resume.parent
         bad = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
         if bad:
@@ -225,13 +241,17 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     check_precision(config.precision, device)
     d, device = distributed.setup(device)
     try:
-        return _train(config, state, data, device, d)
+        return _train(config, state, data, device, d, cache_dir)
+    except (RuntimeError, torch.distributed.DistError) as e:
+        if not d.enabled:
+            raise
+        raise distributed.peer_error(e) from None
     finally:
         distributed.cleanup(d)
 
 
 def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, device: torch.device,
-           d: distributed.Dist) -> TrainResult:
+           d: distributed.Dist, cache_dir: str | None) -> TrainResult:
     configure_backends(config, device)
     main = d.is_main  # rank 0 alone prints, plots and writes the run folder
     if d.enabled and config.name == "" and config.out == "":
@@ -243,7 +263,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     # data: everything resident on the device as uint8
     if data is None:
         data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
-                            progress=progress)
+                            cache_dir=cache_dir, progress=progress)
     if len(data.train) == 0:
         raise TrainingError(f"{data.source}: the data has no training split to train on")
     torch.manual_seed(config.seed)
@@ -252,6 +272,9 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                             cutout=config.cutout, channels_last=config.channels_last, rank=d.rank, world=d.world)
     if len(loader) == 0:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images")
+    if config.batch_size % d.world:
+        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
+                          f"{d.world} ranks, so that every rank gets an equal slice")
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = ResidentLoader(data.val.images, data.val.labels, 1000, train=False, device=device,
@@ -285,6 +308,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
         best_acc, history = state["best_acc"], list(state["history"])
         partial = dict(state["partial"])
         set_rng_state(state["rng"])
+    if d.rank:  # rank 0 keeps the single-process RNG stream; the others get their own dropout masks
+        torch.manual_seed(config.seed * 1_000_003 + d.rank * 7919 + global_step)
 
     cfg = config.to_dict()
     if main:
@@ -351,7 +376,10 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                 if progress and (step % 25 == 0 or step == len(loader) - 1):  # the only sync, for the bar
                     bar.set_postfix(loss=f"{float(dev_loss) / seen:.3f}", acc=f"{int(dev_correct) / seen:.3f}",
                                     ips=f"{d.world * seen / (time.perf_counter() - t0 - partial['seconds']):.0f}")
-                stopping = distributed.any_rank(stop["signal"] is not None, d, device)
+                # a collective under torchrun, so only every STOP_CHECK steps (and identically on every rank)
+                stopping = (stop["signal"] is not None if not d.enabled else
+                            global_step % STOP_CHECK == 0 and distributed.any_rank(stop["signal"] is not None, d,
+                                                                                     device))
                 if stopping or (config.checkpoint_every and global_step % config.checkpoint_every == 0):
                     sums = totals(dev_loss, dev_correct, seen, partial, t0)
                     if not math.isfinite(sums["loss_sum"]):
@@ -382,9 +410,9 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
             improved = row["val_acc"] is not None and row["val_acc"] > best_acc
             if improved:
                 best_acc = row["val_acc"]
-            checkpoint(epoch + 1, 0, run_dir / "last.pt", partial)
-            if improved or val_loader is None:
+            if improved or val_loader is None:  # best.pt first: a crash between the two keeps them consistent
                 checkpoint(epoch + 1, 0, run_dir / "best.pt", partial)
+            checkpoint(epoch + 1, 0, run_dir / "last.pt", partial)
             if main:
                 write_metrics(run_dir, history)
                 reporting.plot_curves(history, run_dir / "curves.png")

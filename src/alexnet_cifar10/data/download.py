@@ -65,11 +65,11 @@ def download_archive(
         return final
     part = final.with_name(final.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "alexnet-cifar10"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
+    headers = {"User-Agent": "alexnet-cifar10", **({"Range": f"bytes={have}-"} if have else {})}
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except ValueError as e:
+        raise DownloadError(f"cannot download {url!r}: {e}") from None
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the .part is already complete
             response = None

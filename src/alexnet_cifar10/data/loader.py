@@ -102,7 +102,6 @@ class ResidentLoader:
         self.channels_last = channels_last
         self.drop_last = train if drop_last is None else drop_last
         self.rank, self.world = rank, world
-        self.epoch = 0
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -133,6 +132,3 @@ class ResidentLoader:
         order = self.order(epoch)
         for step in range(start_step, len(self)):
             yield self.batch(epoch, step, order)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.iterate(self.epoch)

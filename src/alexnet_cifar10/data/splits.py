@@ -48,6 +48,10 @@ class Cifar10:
             raise DataError(f"{self.source}: the data has no {name} split")
         return split
 
+    def sample_split(self) -> Split:
+        """The training split, or the evaluation split when the data has no training images."""
+        return self.train if len(self.train) else self.split(self.eval_split_name())
+
     def eval_split_name(self) -> str:
         """The split a final evaluation uses: test when the data has one, else val."""
         if self.test is not None and len(self.test):
@@ -81,8 +85,8 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
 
 def resolve_source(path: Path, *, auto_download: bool, url: str | None, progress: bool) -> Path:
     """The file or folder to read; downloads the official archive into an empty default folder."""
-    if path.is_dir() and not any(p for p in path.iterdir() if not p.name.startswith(".")):
-        empty = True
+    if path.is_dir():  # a left-over .part (resumed) or .bad (set aside) download counts as nothing
+        empty = not any(p for p in path.iterdir() if not p.name.startswith(".") and p.suffix not in (".part", ".bad"))
     else:
         empty = not path.exists()
     if empty:
