@@ -180,15 +180,15 @@ def test_val_split_is_stratified(tmp_path: Path, ten_per_class: Pixels) -> None:
     root = write_python(tmp_path / "py", ten_per_class)
     data = load_cifar10(root, val_size=30)
     assert len(data.train) == 70 and len(data.val) == 30
-    assert data.val.classsplit_counts() == [3] * 10
-    assert data.train.classsplit_counts() == [7] * 10
+    assert data.val.class_counts() == [3] * 10
+    assert data.train.class_counts() == [7] * 10
     assert len(data.test) == 20
     assert data.train.images.dtype == data.val.images.dtype == torch.uint8
 
 
 def test_val_size_not_a_multiple_of_ten(tmp_path: Path, ten_per_class: Pixels) -> None:
     data = load_cifar10(write_python(tmp_path / "py", ten_per_class), val_size=25)
-    assert data.val.classsplit_counts() == [3] * 5 + [2] * 5
+    assert data.val.class_counts() == [3] * 5 + [2] * 5
     assert len(data.train) == 75
 
 
@@ -218,7 +218,7 @@ def test_split_is_deterministic_per_seed(tmp_path: Path, ten_per_class: Pixels) 
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.val.labels, b.val.labels)
     assert torch.equal(a.train.images, b.train.images)
     c = load_cifar10(root, val_size=30, seed=1)
-    assert c.val.classsplit_counts() == [3] * 10
+    assert c.val.class_counts() == [3] * 10
     assert _rows(c.val.images) != _rows(a.val.images)
     fresh = load_cifar10(root, val_size=30, seed=1, use_cache=False)
     assert torch.equal(fresh.val.images, c.val.images)
@@ -244,7 +244,7 @@ def test_val_size_larger_than_a_class(tmp_path: Path, ten_per_class: Pixels) -> 
     root = write_python(tmp_path / "py", {"train": (x[keep], y[keep])})
     with pytest.raises(DataError, match="airplane"):
         load_cifar10(root, val_size=30)
-    assert load_cifar10(root, val_size=20).val.classsplit_counts() == [2] * 10
+    assert load_cifar10(root, val_size=20).val.class_counts() == [2] * 10
 
 
 # --------------------------------------------------------------------------- the real shared archive
@@ -268,8 +268,8 @@ def test_real_shared_archive(real_cache: Path) -> None:
     assert data.format == "imagefolder"
     assert data.test is None
     assert len(data.train) == 45_000 and len(data.val) == 5_000
-    assert data.train.classsplit_counts() == [4_500] * 10
-    assert data.val.classsplit_counts() == [500] * 10
+    assert data.train.class_counts() == [4_500] * 10
+    assert data.val.class_counts() == [500] * 10
     for split in (data.train, data.val):
         assert split.images.dtype == torch.uint8
         assert split.labels.dtype == torch.int64
