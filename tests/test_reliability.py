@@ -127,12 +127,13 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_png: Path, tmp_path
     config = make_config(data=str(tiny_png), val_size=20, batch_size=8, epochs=2, threads=1, progress=False,
                          model="alexnet_tiny", out=str(tmp_path / "run"))
     real_save = torch.save
-    calls = {"n": 0}
+    checkpoints = {"n": 0}
 
     def failing_save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        calls["n"] += 1
-        if calls["n"] > 2:  # epoch 1 wrote last.pt and best.pt; the next write hits a full disk
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if isinstance(obj, dict) and "optimizer" in obj:
+            checkpoints["n"] += 1
+            if checkpoints["n"] > 2:  # epoch 1 wrote best.pt and last.pt; then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", failing_save)
