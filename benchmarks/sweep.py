@@ -38,12 +38,10 @@ def main() -> None:
         if time.perf_counter() - start + last * 1.1 > args.budget:
             print(f"skip {run['name']}: out of budget", flush=True)
             continue
-        model = run["config"].get("model", "alexnet")
-        if "arch" in run:
-            model = f"sweep_{run['name']}"
-            register(model, "sweep candidate", **run["arch"])
-        overrides = {"device": args.device, "precision": args.precision, "progress": False, **run["config"],
-                     "model": model}
+        overrides = {"device": args.device, "precision": args.precision, "progress": False, **run["config"]}
+        if "arch" in run:  # an ad-hoc architecture; otherwise the config's (or its recipe's) model
+            overrides["model"] = f"sweep_{run['name']}"
+            register(overrides["model"], "sweep candidate", **run["arch"])
         config = make_config(overrides.pop("recipe", "seed"), **overrides)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
