@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from alexnet_cifar10 import __version__
-from alexnet_cifar10.config import Config, flag, make_config
+from alexnet_cifar10.config import DEVICES, PRECISIONS, Config, flag, make_config
 from alexnet_cifar10.errors import AlexNetCifarError
+from alexnet_cifar10.export import FORMATS
 
 PROG = "alexnet-cifar10"
 
@@ -76,7 +77,7 @@ def build_parser() -> Parser:
     ev.add_argument("--split", choices=("test", "val", "train"), default=None,
                     help="split to evaluate (default test if the data has one, else val)")
     ev.add_argument("--batch-size", type=int, default=500)
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="flip test-time augmentation (default: as the run was trained)")
     ev.add_argument("--json", action="store_true", help="print JSON")
@@ -86,14 +87,14 @@ def build_parser() -> Parser:
     pr.add_argument("checkpoint")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--json", action="store_true", help="print JSON")
     bench = sub.add_parser("benchmark", help="training throughput: real loop vs compute-only vs seed-style; MFU")
     add_data_flags(bench)
     bench.add_argument("--model", default="alexnet")
-    bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    bench.add_argument("--precision", choices=PRECISIONS, default="fp32")
     bench.add_argument("--batch-size", type=int, default=128)
-    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    bench.add_argument("--device", choices=DEVICES, default="auto")
     bench.add_argument("--steps", type=int, default=10, help="timed steps per measurement (warm-up excluded)")
     bench.add_argument("--repeats", type=int, default=3, help="measurements; the median is reported")
     bench.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
@@ -101,7 +102,7 @@ def build_parser() -> Parser:
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors or TorchScript")
     ex.add_argument("checkpoint")
-    ex.add_argument("--format", choices=("onnx", "safetensors", "torchscript"), required=True)
+    ex.add_argument("--format", choices=FORMATS, required=True)
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--check-data", default=None, metavar="PATH",
                     help="onnx: compare with PyTorch on images from this data set (default: none)")

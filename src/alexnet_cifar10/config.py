@@ -15,6 +15,9 @@ from typing import Any
 
 from alexnet_cifar10.errors import ConfigError
 
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -47,8 +50,8 @@ class Config:
     tta: bool = _f(False, "evaluate on the image and its mirror, averaging the logits")
     # run
     seed: int = _f(0, "seed of weights, data order, augmentation and dropout")
-    device: str = _f("auto", "training device", ("auto", "cpu", "cuda"))
-    precision: str = _f("fp32", "arithmetic precision", ("fp32", "bf16", "fp16"))
+    device: str = _f("auto", "training device", DEVICES)
+    precision: str = _f("fp32", "arithmetic precision", PRECISIONS)
     channels_last: bool = _f(True, "channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
     threads: int = _f(0, "CPU threads (0: one per core)")
