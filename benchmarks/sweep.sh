@@ -5,7 +5,7 @@
 #   run(command="SWEEP_SECONDS=300 bash benchmarks/sweep.sh benchmarks/sweep3.json", carry=[".carry"])
 set -u
 SPEC=${1:-benchmarks/sweep3.json}
-export PYTHONPATH=src PYTHONUNBUFFERED=1 ALEXNET_CIFAR10_CACHE=/tmp/cache
+export PYTHONPATH=src PYTHONUNBUFFERED=1 ALEXNET_CIFAR10_CACHE=${ALEXNET_CIFAR10_CACHE:-/tmp/cache}
 DATA=${DATA:-.carry/cifar10-train-jpeg.tar.gz}
 PY=${PYTHON:-python3}
 N=$($PY -c "import json,sys;print(len(json.load(open(sys.argv[1]))))" "$SPEC")
@@ -18,5 +18,5 @@ for i in $(seq 0 $((N - 1))); do
 done
 wait
 grep -h -E 'val@|Error' /tmp/sw/*.log
-for d in /tmp/sw/runs/*/; do echo "$(basename $d): $(wc -l < $d/metrics.jsonl) epochs"; done
+for d in /tmp/sw/runs/*/; do echo "$(basename "$d"): $(cat "$d/metrics.jsonl" 2>/dev/null | wc -l) epochs"; done
 tar czf "$OUT/sweep.tar.gz" -C /tmp/sw .
