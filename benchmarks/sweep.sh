@@ -19,4 +19,4 @@ done
 wait
 grep -h -E 'val@|Error' /tmp/sw/*.log
 for d in /tmp/sw/runs/*/; do echo "$(basename "$d"): $(cat "$d/metrics.jsonl" 2>/dev/null | wc -l) epochs"; done
-tar czf "$OUT/sweep.tar.gz" -C /tmp/sw .
+tar czf "$OUT/sweep.tar.gz" -C /tmp/sw --exclude="*.png" --exclude="*.html" --exclude="*.safetensors" .
