@@ -14,7 +14,7 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 $PY -m alexnet_cifar10 data info --data "$DATA" ${DATA_ARGS:-}
-$PY -m alexnet_cifar10 benchmark --data "$DATA" --precision "$PRECISION" --json "$OUT/benchmark.json" \
+$PY -m alexnet_cifar10 benchmark --data "$DATA" --precision "$PRECISION" --json "$OUT/benchmark.json" --steps 200 \
   ${DATA_ARGS:-} ${BENCH_ARGS:-}
 rm -rf /tmp/gpu-seed-run
 start=$(date +%s.%N)

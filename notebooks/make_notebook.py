@@ -12,7 +12,7 @@ with Adam and cross-entropy for 20 epochs (the seed recipe), plot the curves, th
 sample predictions.
 
 `QUICK = True` makes it a one-minute run (a 2,000-image subset, one epoch, a narrow model) to check
-that everything works; `False` trains the real 20-epoch seed recipe (about 2.6 hours on a 2-core CPU,
+that everything works; `False` trains the real 20-epoch seed recipe (about 3 hours on a 2-core CPU,
 a few minutes on a GPU)."""),
     ("code", """import os
 
@@ -88,4 +88,6 @@ for p in predict(model, ["example.png"], top_k=3):
 nb = nbf.v4.new_notebook()
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
+for i, cell in enumerate(nb.cells):  # stable ids, so regenerating changes only what changed
+    cell.id = f"cell-{i}"
 nbf.write(nb, Path(__file__).with_name("AlexNet_CIFAR10.ipynb"))

@@ -12,6 +12,9 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
+from alexnet_cifar10.config import RECIPES, make_config
+from alexnet_cifar10.models import create_model
+
 TRAIN_FLAGS = ("--val-size", "20", "--batch-size", "16", "--no-progress", "--threads", "1")
 
 
@@ -43,7 +46,7 @@ def test_train_writes_the_run_folder(trained_run: Path) -> None:
     assert [r["epoch"] for r in rows] == [1]
     row = rows[0]
     assert 0 < row["train_loss"] < 20 and 0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1
-    assert row["lr"] == pytest.approx(3e-4) and row["seconds"] > 0 and row["images_per_s"] > 0
+    assert row["lr"] == pytest.approx(make_config().lr) and row["seconds"] > 0 and row["images_per_s"] > 0
     html = (trained_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "per" not in html[:20]
     final = json.loads((trained_run / "final.json").read_text())
@@ -52,7 +55,7 @@ def test_train_writes_the_run_folder(trained_run: Path) -> None:
 
 def test_checkpoint_loads_weights_only(trained_run: Path) -> None:
     state = torch.load(trained_run / "last.pt", weights_only=True)
-    assert state["epoch"] == 1 and state["model_name"] == "alexnet"
+    assert state["epoch"] == 1 and state["model_name"] == make_config().model
 
 
 def test_resume_continues_the_epoch_count(trained_run: Path, tmp_path: Path) -> None:
@@ -179,3 +182,11 @@ def test_an_interrupted_default_download_is_resumed(tmp_path: Path) -> None:
     (data / "cifar-10-python.tar.gz.part").write_bytes(b"partial")
     with pytest.raises(DownloadError, match="cannot download http://127.0.0.1:9/"):  # the resume was attempted
         load_cifar10(data, auto_download=True, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_is_valid_and_builds_its_model(recipe: str) -> None:
+    config = make_config(recipe)
+    assert config.recipe == recipe and config.epochs == 20
+    model = create_model(config.model, dropout=config.dropout)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)

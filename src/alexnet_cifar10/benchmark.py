@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from alexnet_cifar10.config import Config
 from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.evaluation import autocast
 from alexnet_cifar10.models import create_model, forward_flops
@@ -78,7 +79,7 @@ def time_steps(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Iter
     return steps * batch_size / (time.perf_counter() - t)
 
 
-def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str = "alexnet",
+def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str = Config.model,
                   precision: str = "fp32", batch_size: int = 128, device: torch.device | str = "cpu",
                   steps: int = 10, warmup: int = 3, repeats: int = 3, seed_style: bool = True) -> dict[str, Any]:
     device = torch.device(device)
@@ -93,7 +94,7 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
             model.set_normalization([0.0] * 3, [1.0] * 3)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(device, memory_format=fmt).train()
-        opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+        opt = torch.optim.Adam(model.parameters(), lr=Config.lr)  # the seed recipe's step
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
             with autocast(device, prec):

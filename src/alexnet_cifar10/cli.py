@@ -91,7 +91,7 @@ def build_parser() -> Parser:
     pr.add_argument("--json", action="store_true", help="print JSON")
     bench = sub.add_parser("benchmark", help="training throughput: real loop vs compute-only vs seed-style; MFU")
     add_data_flags(bench)
-    bench.add_argument("--model", default="alexnet")
+    bench.add_argument("--model", default=Config.model, help="default: the seed recipe's")
     bench.add_argument("--precision", choices=PRECISIONS, default="fp32")
     bench.add_argument("--batch-size", type=int, default=128)
     bench.add_argument("--device", choices=DEVICES, default="auto")

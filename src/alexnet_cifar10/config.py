@@ -47,7 +47,8 @@ class Config:
     crop_pad: int = _f(4, "random-crop padding in pixels (0: no crop)")
     flip: bool = _f(True, "random horizontal flips")
     cutout: int = _f(0, "cutout square size in pixels (0: off)")
-    tta: bool = _f(False, "evaluate on the image and its mirror, averaging the logits")
+    tta: bool = _f(False, "final evaluation on the image and its mirror, averaging the logits "
+                              "(per-epoch validation stays plain)")
     # run
     seed: int = _f(0, "seed of weights, data order, augmentation and dropout")
     device: str = _f("auto", "training device", DEVICES)
@@ -119,12 +120,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "best": {
         "model": "alexnet_fast_bn",
         "optimizer": "sgd",
-        "lr": 0.4,
+        "lr": 0.1,
         "momentum": 0.9,
         "weight_decay": 5e-4,
         "schedule": "onecycle",
         "label_smoothing": 0.2,
-        "batch_size": 512,
+        "batch_size": 128,  # 512 (lr 0.4) scores the same on the GPU but runs 20 % slower on the CPU
         "dropout": 0.25,
         "tta": True,
     },

@@ -401,9 +401,9 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                                    "val_loss": None, "val_acc": None,
                                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                                    "images_per_s": sums["seen"] / seconds if seconds else 0.0}
-            if val_loader is not None:
+            if val_loader is not None:  # plain images: --tta is for the final evaluation, at half the cost
                 result = evaluate(eval_model(), data.val.images, data.val.labels, loader=val_loader,
-                                  device=device, precision=config.precision, tta=config.tta)
+                                  device=device, precision=config.precision)
                 row["val_loss"], row["val_acc"] = result.loss, result.accuracy
             history.append(row)
             start_step, partial = 0, {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
