@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of a session in one call of the device tool, each stage under its own time limit
 # so that a slow stage cannot cost the others their results:
-#   run(command="bash benchmarks/device.sh", carry=[".carry"], timeout_s=570)
+#   run(command="SPEC=benchmarks/sweep5.json bash benchmarks/device.sh", carry=[".carry"], timeout_s=570)
 # 1. benchmarks/gpu.sh: the benchmark table and the timed 20-epoch seed run, alone on the GPU;
 # 2. benchmarks/sweep.sh SPEC: every sweep entry at once;
 # 3. torchrun with one process per GPU for one epoch (the DDP path on NCCL).
@@ -9,7 +9,7 @@
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1 ALEXNET_CIFAR10_CACHE=${ALEXNET_CIFAR10_CACHE:-/tmp/alexnet-cache}
 export OUT=${OUT:-/tmp/device-out} DATA=${DATA:-.carry/cifar10-train-jpeg.tar.gz}
-SPEC=${SPEC:-benchmarks/sweep4.json}
+SPEC=${SPEC:?set SPEC to a sweep spec, e.g. SPEC=benchmarks/sweep5.json}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, keep its log, show its tail
@@ -21,9 +21,11 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, keep its l
   grep -v -E '^\s*$' "$OUT/$name.log" | tail -"${TAIL:-30}"
 }
 $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
-stage gpu "${GPU_SECONDS:-150}" bash benchmarks/gpu.sh
-TAIL=40 stage sweep "${SWEEP_SECONDS:-260}" env SWEEP_SECONDS="$((${SWEEP_SECONDS:-260} - 10))" \
+stage gpu "${GPU_SECONDS:-200}" bash benchmarks/gpu.sh
+# the runs stop 30 s before the stage does, which leaves time to pack sweep.tar.gz
+TAIL=40 stage sweep "${SWEEP_SECONDS:-260}" env SWEEP_SECONDS="$((${SWEEP_SECONDS:-260} - 30))" \
   bash benchmarks/sweep.sh "$SPEC"
+rm -rf /tmp/ddp-run
 NPROC=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
 stage torchrun "${TORCHRUN_SECONDS:-90}" $PY -m torch.distributed.run --standalone --nproc-per-node "$NPROC" \
   -m alexnet_cifar10 train --data "$DATA" --out /tmp/ddp-run --epochs 1 --no-progress ${TORCHRUN_ARGS:-}

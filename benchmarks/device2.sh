@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The second device call of 2026-11-27: the settled seed recipe and `--recipe best` through the CLI
-# (their run folders, without weights, became results/seed and results/best-gpu), beside the best
-# recipe's ablation sweep (benchmarks/sweep6.json), all at once on one GPU.
+# The third device call of 2026-11-27: the seed and best recipes of that moment through the CLI, beside
+# the best recipe's ablation sweep (benchmarks/sweep6.json), all at once on one GPU. Only a few files per
+# call come back: the best run's are results/sweeps/sweep6-best-cli-h100/, the seed run's log line is
+# results/sweeps/sweep6-seed-cli-h100.log.
 #   run(command="bash benchmarks/device2.sh", carry=[".carry"], timeout_s=200)
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1 ALEXNET_CIFAR10_CACHE=/tmp/alexnet-cache

@@ -52,6 +52,7 @@ def main() -> None:
             except AlexNetCifarError as e:  # e.g. a diverging ablation: record it, go on with the shard
                 print(f"{run['name']:<28} Error: {e}", flush=True)
                 results.append({"name": run["name"], "config": run["config"], "error": str(e)})
+                Path(args.out).write_text(json.dumps(results, indent=1))
                 continue
             finally:
                 for weights in Path(config.out).glob("*.pt"):
