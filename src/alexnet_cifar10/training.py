@@ -148,11 +148,18 @@ def lr_factor(config: Config, steps_per_epoch: int):  # noqa: ANN201 - a step ->
 
 
 def git_commit() -> str:
+    """HEAD of the package's checkout, with "+dirty" when its tracked files differ from HEAD."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=5)
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = git("rev-parse", "HEAD")
         commit = out.stdout.strip()
-        return commit if out.returncode == 0 and len(commit) == 40 else "unknown"
+        if out.returncode != 0 or len(commit) != 40:
+            return "unknown"
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        return commit + ("+dirty" if changed.returncode == 0 and changed.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from alexnet_cifar10.errors import DataError
@@ -301,7 +301,8 @@ def decode_image(data: bytes, where: str, *, strict: bool = True) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on hostile files (bombs included)
-        raise DataError(f"{where}: not a readable PNG or JPEG image ({e})") from None
+        detail = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"  # its text names a BytesIO object
+        raise DataError(f"{where}: not a readable PNG or JPEG image{detail}") from None
 
 
 def _image_split(source: Source, root: str, split: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
