@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,20 @@ def test_every_recipe_is_valid_and_builds_its_model(recipe: str) -> None:
     assert config.recipe == recipe and config.epochs == 20
     model = create_model(config.model, dropout=config.dropout)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:
+    from alexnet_cifar10.training import git_commit
+
+    assert git_commit(tmp_path) == "unknown"
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "untracked.txt").write_text("not code")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "+dirty"

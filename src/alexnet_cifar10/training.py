@@ -147,11 +147,11 @@ def lr_factor(config: Config, steps_per_epoch: int):  # noqa: ANN201 - a step ->
     return factor
 
 
-def git_commit() -> str:
-    """HEAD of the package's checkout, with "+dirty" when its tracked files differ from HEAD."""
+def git_commit(folder: Path = Path(__file__).parent) -> str:
+    """HEAD of the checkout holding ``folder`` (the package), with "+dirty" when tracked files under
+    ``folder`` differ from HEAD; "unknown" outside a git checkout."""
     def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
-                              timeout=5)
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=5)
 
     try:
         out = git("rev-parse", "HEAD")
