@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alexnet_cifar10 import evaluate, load_cifar10, make_config, train
+from alexnet_cifar10 import Cifar10, Config, evaluate, load_cifar10, make_config, train
 from alexnet_cifar10.errors import AlexNetCifarError
 from alexnet_cifar10.models import register
 
@@ -45,33 +45,36 @@ def main() -> None:
             register(overrides["model"], "sweep candidate", **run["arch"])
         config = make_config(overrides.pop("recipe", "seed"), **overrides)
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            config.out = str(Path(args.keep or tmp) / run["name"])
-            try:
-                result = train(config, data=data)
-            except AlexNetCifarError as e:  # e.g. a diverging ablation: record it, go on with the shard
-                print(f"{run['name']:<28} Error: {e}", flush=True)
-                results.append({"name": run["name"], "config": run["config"], "error": str(e)})
-                Path(args.out).write_text(json.dumps(results, indent=1))
-                continue
-            finally:
-                for weights in Path(config.out).glob("*.pt"):
-                    weights.unlink()
-        last = time.perf_counter() - t0
-        val = data.split("val")  # the final model once more, with test-time flips the other way round
-        other = evaluate(result.model, val.images, val.labels, device=result.model.mean.device,
-                         precision=config.precision, tta=not config.tta).accuracy
-        row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"], "seconds": last,
-               "val_acc": [h["val_acc"] for h in result.history],
-               "train_acc": [h["train_acc"] for h in result.history],
-               "final_val_acc": result.final.accuracy if result.final else None,
-               "final_val_acc_with_tta" if not config.tta else "final_val_acc_without_tta": other}
+        row = run_one(run, config, data, args.keep)
+        last = row["seconds"] = time.perf_counter() - t0
         results.append(row)
-        print(f"{run['name']:<28} val@20 {100 * row['val_acc'][-1]:.2f}%  best {100 * max(row['val_acc']):.2f}%"
-              f"  final {100 * (row['final_val_acc'] or 0):.2f}% (tta {config.tta}; other way {100 * other:.2f}%)"
-              f"  {last:.0f}s", flush=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
 
+
+def run_one(run: dict, config: Config, data: Cifar10, keep: str | None) -> dict:
+    """Train one entry; its row of results, or of the error that stopped it (a diverging ablation)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config.out = str(Path(keep or tmp) / run["name"])
+        try:
+            result = train(config, data=data)
+        except AlexNetCifarError as e:
+            print(f"{run['name']:<28} Error: {e}", flush=True)
+            return {"name": run["name"], "config": run["config"], "error": str(e)}
+        finally:
+            for weights in Path(config.out).glob("*.pt"):
+                weights.unlink()
+    val = data.split("val")  # the final model once more, with test-time flips the other way round
+    other = evaluate(result.model, val.images, val.labels, device=result.model.mean.device,
+                     precision=config.precision, tta=not config.tta).accuracy
+    row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"],
+           "val_acc": [h["val_acc"] for h in result.history],
+           "train_acc": [h["train_acc"] for h in result.history],
+           "final_val_acc": result.final.accuracy if result.final else None,
+           "final_val_acc_with_tta" if not config.tta else "final_val_acc_without_tta": other}
+    print(f"{run['name']:<28} val@20 {100 * row['val_acc'][-1]:.2f}%  best {100 * max(row['val_acc']):.2f}%"
+          f"  final {100 * (row['final_val_acc'] or 0):.2f}% (tta {config.tta}; other way {100 * other:.2f}%)",
+          flush=True)
+    return row
 
 if __name__ == "__main__":
     main()

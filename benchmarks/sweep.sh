@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 N=$($PY -c "import json,sys;print(len(json.load(open(sys.argv[1]))))" "$SPEC")
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader
 $PY -m alexnet_cifar10 data info --data "$DATA" --val-size 0 | tail -3  # decode once into the cache
-rm -rf /tmp/sw && mkdir -p /tmp/sw/runs
+rm -rf /tmp/sw && mkdir -p /tmp/sw/runs "$OUT"
 for i in $(seq 0 $((N - 1))); do
   timeout "${SWEEP_SECONDS:-300}" $PY benchmarks/sweep.py "$SPEC" --shard $i/$N --data "$DATA" \
     --out /tmp/sw/$i.json --keep /tmp/sw/runs ${SWEEP_ARGS:-} > /tmp/sw/$i.log 2>&1 &
