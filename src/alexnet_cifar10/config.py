@@ -30,8 +30,8 @@ class Config:
     val_size: int = _f(5000, "validation images carved from the training split (0 for none)")
     split_seed: int = _f(0, "seed of the validation split (kept apart from --seed)")
     # model
-    model: str = _f("alexnet_bn", "model variant (see `alexnet-cifar10 models`)")
-    dropout: float = _f(0.5, "dropout in the classifier")
+    model: str = _f("alexnet_fast_bn", "model variant (see `alexnet-cifar10 models`)")
+    dropout: float = _f(0.25, "dropout in the classifier")
     # optimisation
     epochs: int = _f(20, "training epochs")
     batch_size: int = _f(128, "global batch size")
@@ -111,12 +111,14 @@ def flag(name: str) -> str:
 
 
 # The seed preset is what the original notebook did (Adam, cross-entropy, 20 epochs, crop + flip, constant
-# lr) with the adaptation settled in results/README.md: the field defaults above. Until 2026-11-27 it was
-# `alexnet` at lr 3e-4, which never reached the 83 %; that configuration stays available as
-# "seed-no-bn" (81.9 % val).
+# lr) with the adaptation settled in results/README.md: the field defaults above (`alexnet_fast_bn`, lr 1e-3,
+# batch 128, dropout 0.25). Its earlier settings stay available under their own names, so a run made with
+# them can be repeated: "seed-alexnet-bn" (the seed from the morning to the evening of 2026-11-27, 83.2 %
+# mean val over 5 fp32 runs) and "seed-no-bn" (the first published seed, 81.9 % val).
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": {},
-    "seed-no-bn": {"model": "alexnet", "lr": 3e-4},
+    "seed-alexnet-bn": {"model": "alexnet_bn", "lr": 1e-3, "dropout": 0.5},
+    "seed-no-bn": {"model": "alexnet", "lr": 3e-4, "dropout": 0.5},
     # settled by the H100 sweeps and the CPU run in RECIPES.md (its 64-channel sibling: 88.5 % val on the
     # GPU), short of the 91.5 % goal
     "best": {
