@@ -15,7 +15,7 @@ if _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
 
-def alexnet_cifar10(weights=None, variant="alexnet_bn", map_location="cpu"):  # noqa: ANN001, ANN201
+def alexnet_cifar10(weights=None, variant="alexnet_fast_bn", map_location="cpu"):  # noqa: ANN001, ANN201
     """An AlexNet variant for CIFAR-10, in eval mode.
 
     weights: a checkpoint (.pt) or .safetensors path or URL, loaded through the project's safe loader

@@ -179,6 +179,16 @@ def test_truncated_archive(tmp_path: Path, py_root: Path, suffix: str) -> None:
     _raises(archive, str(archive))
 
 
+@pytest.mark.parametrize("into_header", [0, 256])
+def test_tar_cut_at_a_member_boundary(tmp_path: Path, img_root: Path, into_header: int) -> None:
+    """tarfile itself reads such a file without complaint, one image short."""
+    archive = write_tar(img_root, tmp_path / "data.tar")
+    with tarfile.open(archive) as tar:
+        last = tar.getmembers()[-1].offset  # where the last member's header starts
+    archive.write_bytes(archive.read_bytes()[: last + into_header])
+    _raises(archive, str(archive), "truncated archive")
+
+
 def test_garbage_archive(tmp_path: Path) -> None:
     archive = tmp_path / "data.tgz"
     archive.write_bytes(np.random.default_rng(1).bytes(5000))

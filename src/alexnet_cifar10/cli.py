@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from alexnet_cifar10 import __version__
-from alexnet_cifar10.config import DEVICES, PRECISIONS, Config, flag, make_config
+from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, PRECISIONS, Config, flag, make_config
 from alexnet_cifar10.errors import AlexNetCifarError
 from alexnet_cifar10.export import FORMATS
 
@@ -26,7 +26,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data", help="CIFAR-10 folder or archive (default ./data, "
+    p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 folder or archive (default ./data, "
                    "downloaded when absent)")
     p.add_argument("--val-size", type=int, default=5000, help="validation images (default 5000)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
@@ -59,7 +59,7 @@ def build_parser() -> Parser:
     add_data_flags(info)
     info.add_argument("--json", action="store_true", help="print JSON")
     download = data_sub.add_parser("download", help="fetch and verify the official archive")
-    download.add_argument("--data", default="data", help="folder to download into (default ./data)")
+    download.add_argument("--data", default=DEFAULT_DATA, help="folder to download into (default ./data)")
     download.add_argument("--url", default=None, help="archive URL (default $ALEXNET_CIFAR10_URL)")
     download.add_argument("--md5", default=None, help="expected md5 (default the official archive's)")
 

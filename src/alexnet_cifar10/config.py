@@ -15,6 +15,7 @@ from typing import Any
 
 from alexnet_cifar10.errors import ConfigError
 
+DEFAULT_DATA = "data"  # the folder a plain `train` reads, and downloads into when it is absent
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -26,7 +27,7 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any: 
 @dataclass
 class Config:
     # data
-    data: str = _f("data", "CIFAR-10 folder or archive; downloaded into ./data when absent")
+    data: str = _f(DEFAULT_DATA, "CIFAR-10 folder or archive; downloaded into ./data when absent")
     val_size: int = _f(5000, "validation images carved from the training split (0 for none)")
     split_seed: int = _f(0, "seed of the validation split (kept apart from --seed)")
     # model

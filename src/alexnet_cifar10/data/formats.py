@@ -95,6 +95,16 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
         raise DataError(f"{archive}: refusing archive member that is not a regular file: {name!r}")
 
 
+def _check_end(archive: Path, tar: tarfile.TarFile) -> None:
+    """tarfile stops quietly where a plain .tar was cut between two members (or inside a header);
+    only the end-of-archive marker, a block of zeros, tells a complete archive from a cut one."""
+    assert tar.fileobj is not None
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+        raise DataError(f"{archive}: truncated archive (it stops after a complete member, without tar's "
+                        "end-of-archive marker)")
+
+
 def archive_source(archive: Path) -> Source:
     """Read every regular member into memory, refusing unsafe members; nothing is extracted."""
     files: dict[str, bytes] = {}
@@ -109,6 +119,7 @@ def archive_source(archive: Path) -> Source:
                     continue  # hidden files and folders (e.g. macOS "._*" resource forks)
                 handle = tar.extractfile(member)
                 files[name] = handle.read() if handle else b""
+            _check_end(archive, tar)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise DataError(f"cannot read archive {archive}: {e.strerror}") from None

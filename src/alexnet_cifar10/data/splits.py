@@ -8,10 +8,9 @@ from pathlib import Path
 
 import torch
 
+from alexnet_cifar10.config import DEFAULT_DATA
 from alexnet_cifar10.data import cache, download, formats
 from alexnet_cifar10.errors import DataError
-
-DEFAULT_DATA = Path("data")
 
 
 @dataclass
@@ -126,7 +125,7 @@ def load_cifar10(
     start = time.perf_counter()
     path = Path(data).expanduser()
     if auto_download is None:
-        auto_download = path == DEFAULT_DATA
+        auto_download = path == Path(DEFAULT_DATA)
     path = resolve_source(path, auto_download=auto_download, url=url, progress=progress)
     cache_file = cache.cache_path(path, Path(cache_dir) if cache_dir else None) if use_cache else None
     cached = cache.load_cache(cache_file) if cache_file else None
