@@ -24,10 +24,11 @@ def alexnet_cifar10(weights=None, variant="alexnet_fast_bn", map_location="cpu")
     import torch
 
     from alexnet_cifar10.checkpoint import load_model
+    from alexnet_cifar10.config import Config
     from alexnet_cifar10.models import create_model
 
     if weights is None:
-        return create_model(variant).eval()
+        return create_model(variant, dropout=Config.dropout).eval()  # the seed recipe's dropout
     weights = str(weights)
     if weights.startswith(("http://", "https://")):
         folder = os.path.join(torch.hub.get_dir(), "alexnet_cifar10")

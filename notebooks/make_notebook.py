@@ -12,7 +12,7 @@ with Adam and cross-entropy for 20 epochs (the seed recipe), plot the curves, th
 sample predictions.
 
 `QUICK = True` makes it a one-minute run (a 2,000-image subset, one epoch, a narrow model) to check
-that everything works; `False` trains the real 20-epoch seed recipe (about 3 hours on a 2-core CPU,
+that everything works; `False` trains the real 20-epoch seed recipe (about 75 minutes on a 2-core CPU,
 a few minutes on a GPU)."""),
     ("code", """import os
 

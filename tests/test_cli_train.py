@@ -60,18 +60,32 @@ def test_checkpoint_loads_weights_only(trained_run: Path) -> None:
 
 
 def test_resume_continues_the_epoch_count(trained_run: Path, tmp_path: Path) -> None:
-    run = tmp_path / "copy"
-    run.mkdir()
-    for f in trained_run.iterdir():
-        (run / f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((run / "config.json").read_text())
-    cfg["out"] = str(run)
-    (run / "config.json").write_text(json.dumps(cfg))
+    run = copy_run(trained_run, tmp_path / "copy")
     result = run_cli("train", "--resume", str(run), "--epochs", "2", "--no-progress")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def copy_run(trained_run: Path, run: Path, **config_changes: object) -> Path:
+    run.mkdir()
+    for f in trained_run.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    cfg = {**json.loads((run / "config.json").read_text()), "out": str(run), **config_changes}
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+@pytest.mark.parametrize("change", [{"dropout": 0.1}, {"model": "alexnet"}])
+def test_resume_refuses_a_config_that_does_not_match_its_checkpoint(trained_run: Path, tmp_path: Path,
+                                                                     change: dict) -> None:
+    run = copy_run(trained_run, tmp_path / "edited", **change)
+    before = (run / "last.pt").read_bytes()
+    result = run_cli("train", "--resume", str(run), "--epochs", "2", "--no-progress")
+    name = next(iter(change))
+    assert f"holds a run with --{name}" in one_error_line(result)
+    assert (run / "last.pt").read_bytes() == before
 
 
 def test_existing_run_is_not_overwritten(trained_run: Path, tiny_png: Path) -> None:
@@ -191,6 +205,19 @@ def test_every_recipe_is_valid_and_builds_its_model(recipe: str) -> None:
     assert config.recipe == recipe and config.epochs == 20
     model = create_model(config.model, dropout=config.dropout)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_published_recipes_keep_their_settings() -> None:
+    """A published preset never changes meaning: runs made with it must stay repeatable."""
+    def key(recipe: str) -> tuple:
+        c = make_config(recipe)
+        return (c.model, c.optimizer, c.lr, c.batch_size, c.dropout, c.schedule, c.weight_decay,
+                c.label_smoothing, c.crop_pad, c.flip, c.epochs)
+
+    assert key("seed") == ("alexnet_fast_bn", "adam", 1e-3, 128, 0.25, "constant", 0.0, 0.0, 4, True, 20)
+    assert key("seed-alexnet-bn") == ("alexnet_bn", "adam", 1e-3, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20)
+    assert key("seed-no-bn") == ("alexnet", "adam", 3e-4, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20)
+    assert key("best") == ("alexnet_fast_bn", "sgd", 0.1, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20)
 
 
 def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:

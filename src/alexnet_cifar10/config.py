@@ -114,7 +114,7 @@ def flag(name: str) -> str:
 # The seed preset is what the original notebook did (Adam, cross-entropy, 20 epochs, crop + flip, constant
 # lr) with the adaptation settled in results/README.md: the field defaults above (`alexnet_fast_bn`, lr 1e-3,
 # batch 128, dropout 0.25). Its earlier settings stay available under their own names, so a run made with
-# them can be repeated: "seed-alexnet-bn" (the seed from the morning to the evening of 2026-11-27, 83.2 %
+# them can be repeated: "seed-alexnet-bn" (the seed preset until 2026-11-27 08:44 UTC, 83.2 %
 # mean val over 5 fp32 runs) and "seed-no-bn" (the first published seed, 81.9 % val).
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": {},

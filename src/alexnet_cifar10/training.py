@@ -243,6 +243,7 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
                               f"may change, not {', '.join(map(flag, bad))}")
         config = Config.from_dict({**load_config(run_dir / "config.json").to_dict(), **(overrides or {}),
                                    "out": str(run_dir)})
+        check_resume_model(config, state, checkpoint_file)
     config.validate()
     device = select_device(config.device)
     check_precision(config.precision, device)
@@ -255,6 +256,17 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         raise distributed.peer_error(e) from None
     finally:
         distributed.cleanup(d)
+
+
+def check_resume_model(config: Config, state: dict[str, Any], checkpoint_file: Path) -> None:
+    """The run's config.json must describe the network its last.pt holds (a hand-edited or older config.json
+    would otherwise rebuild another network, or silently train on with another dropout)."""
+    saved = {"model": state.get("model_name", config.model),
+             "dropout": (state.get("model_kwargs") or {}).get("dropout", config.dropout)}
+    for name, value in saved.items():
+        if getattr(config, name) != value:
+            raise CheckpointError(f"{checkpoint_file} holds a run with --{name} {value}, but its config.json says "
+                                  f"{getattr(config, name)}; fix config.json or start a new run")
 
 
 def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, device: torch.device,
@@ -304,13 +316,17 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     start_epoch, start_step, global_step, best_acc = 0, 0, 0, -1.0
     partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema_model") is not None:
-            ema.module.load_state_dict(state["ema_model"])
-            ema.updates = state["ema_updates"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None and state.get("ema_model") is not None:
+                ema.module.load_state_dict(state["ema_model"])
+                ema.updates = state["ema_updates"]
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"the checkpoint does not fit the run's config ({first})") from None
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         best_acc, history = state["best_acc"], list(state["history"])
         partial = dict(state["partial"])

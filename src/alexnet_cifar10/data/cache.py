@@ -12,7 +12,7 @@ import torch
 from alexnet_cifar10.data.formats import Decoded
 from alexnet_cifar10.io import atomic_write
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cut plain .tar files are refused; a cache decoded from one must not be reused
 
 
 def default_cache_dir() -> Path:

@@ -13,6 +13,7 @@ Supported layouts, found automatically:
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import pickle
 import posixpath
@@ -98,11 +99,12 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
 def _check_end(archive: Path, tar: tarfile.TarFile) -> None:
     """tarfile stops quietly where a plain .tar was cut between two members (or inside a header);
     only the end-of-archive marker, a block of zeros, tells a complete archive from a cut one."""
-    assert tar.fileobj is not None
+    if not isinstance(tar.fileobj, io.BufferedReader):
+        return  # compressed: a cut stream already fails in the decompressor
     tar.fileobj.seek(tar.offset)
     if tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
-        raise DataError(f"{archive}: truncated archive (it stops after a complete member, without tar's "
-                        "end-of-archive marker)")
+        raise DataError(f"{archive}: truncated or corrupt archive (no member header or end-of-archive marker "
+                        f"at byte {tar.offset})")
 
 
 def archive_source(archive: Path) -> Source:
@@ -120,7 +122,7 @@ def archive_source(archive: Path) -> Source:
                 handle = tar.extractfile(member)
                 files[name] = handle.read() if handle else b""
             _check_end(archive, tar)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise DataError(f"cannot read archive {archive}: {e.strerror}") from None
         detail = " ".join(str(e).split())  # tarfile's "r:*" error spans several lines
