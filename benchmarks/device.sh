@@ -21,7 +21,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, keep its l
   grep -v -E '^\s*$' "$OUT/$name.log" | tail -"${TAIL:-30}"
 }
 $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
-stage gpu "${GPU_SECONDS:-200}" bash benchmarks/gpu.sh
+stage gpu "${GPU_SECONDS:-300}" bash benchmarks/gpu.sh
 # the runs stop 30 s before the stage does, which leaves time to pack sweep.tar.gz
 TAIL=40 stage sweep "${SWEEP_SECONDS:-260}" env SWEEP_SECONDS="$((${SWEEP_SECONDS:-260} - 30))" \
   bash benchmarks/sweep.sh "$SPEC"

@@ -2,7 +2,7 @@
 # One call of the device tool does every GPU check:
 #   cp ../shared/datasets/cifar10-train-jpeg.tar.gz .carry/    (git-ignored; name .carry in `carry`)
 #   run(command="bash benchmarks/gpu.sh", carry=[".carry"])
-# It decodes the archive once into the cache, prints the benchmark table, trains the 20-epoch seed
+# It decodes the archive once into the cache, prints the benchmark table (eager, then torch.compile), trains the 20-epoch seed
 # recipe from cached data and prints wall time, time to 82.55 % validation, images/s and MFU.
 # On a CPU it runs too (DATA=... TRAIN_ARGS="--epochs 1" BENCH_ARGS="--steps 2 --repeats 1").
 set -euo pipefail
@@ -16,6 +16,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 $PY -m alexnet_cifar10 data info --data "$DATA" ${DATA_ARGS:-}
 $PY -m alexnet_cifar10 benchmark --data "$DATA" --precision "$PRECISION" --json "$OUT/benchmark.json" --steps 200 \
   ${DATA_ARGS:-} ${BENCH_ARGS:-}
+# the same step under torch.compile (the baseline is the same as above, so it is skipped here)
+$PY -m alexnet_cifar10 benchmark --data "$DATA" --precision "$PRECISION" --json "$OUT/benchmark-compiled.json" \
+  --steps 200 --compile --no-seed-style ${DATA_ARGS:-} ${BENCH_ARGS:-}
 rm -rf /tmp/gpu-seed-run
 start=$(date +%s.%N)
 $PY -m alexnet_cifar10 train --data "$DATA" --precision "$PRECISION" --out /tmp/gpu-seed-run --no-progress \

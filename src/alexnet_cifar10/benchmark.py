@@ -81,11 +81,14 @@ def time_steps(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Iter
 
 def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str = Config.model,
                   precision: str = "fp32", batch_size: int = 128, device: torch.device | str = "cpu",
-                  steps: int = 10, warmup: int = 3, repeats: int = 3, seed_style: bool = True) -> dict[str, Any]:
+                  steps: int = 10, warmup: int = 3, repeats: int = 3, seed_style: bool = True,
+                  compile: bool = False) -> dict[str, Any]:  # noqa: A002 - the train flag's name
+    """``compile`` applies torch.compile to the project's step (end-to-end and compute-only), never to the
+    seed-style baseline, which stays what the notebook ran; compilation happens in the warm-up steps."""
     device = torch.device(device)
     mean, std = mean_std(images)
 
-    def make_step(channels_last: bool, prec: str, normalise_inside: bool):  # noqa: ANN202
+    def make_step(channels_last: bool, prec: str, normalise_inside: bool, compiled: bool = False):  # noqa: ANN202
         torch.manual_seed(0)
         model = create_model(model_name)
         if normalise_inside:
@@ -95,10 +98,11 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(device, memory_format=fmt).train()
         opt = torch.optim.Adam(model.parameters(), lr=Config.lr)  # the seed recipe's step
+        forward = torch.compile(model) if compiled else model
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
             with autocast(device, prec):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(forward(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -119,7 +123,7 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
             yield x, y
 
     results: dict[str, list[float]] = {"end_to_end_ips": [], "compute_only_ips": [], "seed_style_ips": []}
-    step = make_step(True, precision, True)
+    step = make_step(True, precision, True, compile)
     for _ in range(repeats):
         results["end_to_end_ips"].append(time_steps(step, loader_batches(), steps, warmup, device, batch_size))
         results["compute_only_ips"].append(time_steps(step, fixed_batches(), steps, warmup, device, batch_size))
@@ -148,7 +152,7 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
         "matmul_flops_per_s": rate,
         "mfu": med["end_to_end_ips"] * flops / rate,
         "repeats": results,
-        "model": model_name, "precision": precision, "batch_size": batch_size, "steps": steps,
+        "model": model_name, "precision": precision, "batch_size": batch_size, "steps": steps, "compile": compile,
         "device": str(device),
         "machine": (torch.cuda.get_device_name(device) if device.type == "cuda"
                     else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -170,5 +174,6 @@ def format_table(r: dict[str, Any]) -> str:
         (f"matmul rate ({r['precision']})", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"),
         ("MFU", f"{100 * r['mfu']:.1f}%"),
     ]
-    head = f"{r['model']}, {r['precision']}, batch {r['batch_size']}, {r['machine']}"
+    compiled = ", torch.compile" if r.get("compile") else ""
+    head = f"{r['model']}, {r['precision']}, batch {r['batch_size']}{compiled}, {r['machine']}"
     return head + "\n" + "\n".join(f"  {k:<30}{v:>18}" for k, v in rows)

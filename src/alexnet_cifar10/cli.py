@@ -98,6 +98,8 @@ def build_parser() -> Parser:
     bench.add_argument("--steps", type=int, default=10, help="timed steps per measurement (warm-up excluded)")
     bench.add_argument("--repeats", type=int, default=3, help="measurements; the median is reported")
     bench.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+    bench.add_argument("--compile", action="store_true",
+                       help="torch.compile the model in the project's step (not in the seed-style baseline)")
     bench.add_argument("--no-seed-style", action="store_true", help="skip the DataLoader baseline")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors or TorchScript")
@@ -277,7 +279,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size} is larger than the {len(split)} images to benchmark on")
     result = run_benchmark(split.images, split.labels, model_name=args.model, precision=args.precision,
                            batch_size=args.batch_size, device=device, steps=args.steps, repeats=args.repeats,
-                           seed_style=not args.no_seed_style)
+                           seed_style=not args.no_seed_style, compile=args.compile)
     print(format_table(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=2))
