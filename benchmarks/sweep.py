@@ -76,5 +76,6 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None) -> dict:
           flush=True)
     return row
 
+
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from alexnet_cifar10.errors import ConfigError, TrainingError
+from alexnet_cifar10.errors import ConfigError, TrainingError, first_line
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
 
 
 def peer_error(e: BaseException) -> TrainingError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return TrainingError(f"a distributed peer failed or timed out ({first[:200]}); the job stops")
+    return TrainingError(f"a distributed peer failed or timed out ({first_line(e)[:200]}); the job stops")
 
 
 def collective(fn):  # noqa: ANN001, ANN201

@@ -14,6 +14,12 @@ class AlexNetCifarError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of another library's error (load_state_dict and NCCL list pages of detail)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class DataError(AlexNetCifarError):
     """The data set could not be found, read or trusted."""
 

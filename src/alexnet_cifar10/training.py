@@ -25,7 +25,7 @@ from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoi
 from alexnet_cifar10.config import Config, flag, load_config
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
-from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
+from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError, first_line
 from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
 from alexnet_cifar10.io import atomic_write_text
 from alexnet_cifar10.models import AlexNet, create_model
@@ -325,8 +325,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                 ema.module.load_state_dict(state["ema_model"])
                 ema.updates = state["ema_updates"]
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"the checkpoint does not fit the run's config ({first})") from None
+            raise CheckpointError(f"the checkpoint does not fit the run's config ({first_line(e)})") from None
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         best_acc, history = state["best_acc"], list(state["history"])
         partial = dict(state["partial"])
