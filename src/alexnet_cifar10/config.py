@@ -33,6 +33,7 @@ class Config:
     # model
     model: str = _f("alexnet_fast_bn", "model variant (see `alexnet-cifar10 models`)")
     dropout: float = _f(0.25, "dropout in the classifier")
+    whiten: bool = _f(False, "first convolution fixed to a whitening of the training patches (airbench)")
     # optimisation
     epochs: int = _f(20, "training epochs")
     batch_size: int = _f(128, "global batch size")

@@ -162,6 +162,37 @@ register(
 )
 
 
+def whiten_first_conv(model: AlexNet, images: torch.Tensor, eps: float = 5e-4, sample: int = 5000) -> None:
+    """Set the first convolution to a fixed whitening of the images' patches and freeze it (airbench).
+
+    Its filters are the top eigenvectors of the covariance of the normalised k x k x 3 patches of
+    ``images`` (uint8, N x 3 x H x W), each scaled by 1 / sqrt(eigenvalue + eps) and paired with its
+    negative, so that after ReLU both signs of each direction survive. They stay frozen: the network
+    starts from decorrelated features instead of having to learn them.
+    """
+    conv = model.features[0]
+    assert isinstance(conv, nn.Conv2d)
+    out_ch, in_ch, k, _ = conv.weight.shape
+    dims = in_ch * k * k
+    if out_ch % 2 or out_ch > 2 * dims:
+        raise ConfigError(f"--whiten needs an even number of first-layer channels, at most {2 * dims} for "
+                          f"{k}x{k} kernels; this model has {out_ch}")
+    cov, n = torch.zeros(dims, dims, dtype=torch.float64), 0
+    mean, std = model.mean.double().cpu(), model.std.double().cpu()
+    for chunk in images[::max(1, len(images) // sample)].split(500):  # strided: spread over the classes
+        x = (chunk.cpu().double() / 255 - mean) / std
+        patches = F.unfold(x, k).transpose(1, 2).reshape(-1, dims)  # in the (C, kh, kw) order of the weight
+        cov += patches.T @ patches
+        n += len(patches)
+    cov /= n
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    top = vectors[:, -(out_ch // 2):].flip(1) / (values[-(out_ch // 2):].flip(0) + eps).sqrt()
+    filters = torch.cat([top, -top], dim=1).T.reshape(out_ch, in_ch, k, k)
+    with torch.no_grad():
+        conv.weight.copy_(filters.to(conv.weight.dtype))
+    conv.weight.requires_grad_(False)
+
+
 def create_model(name: str, **overrides: object) -> AlexNet:
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")

@@ -28,7 +28,7 @@ from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError, first_line
 from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
 from alexnet_cifar10.io import atomic_write_text
-from alexnet_cifar10.models import AlexNet, create_model
+from alexnet_cifar10.models import AlexNet, create_model, whiten_first_conv
 
 
 class Interrupted(TrainingError):
@@ -117,7 +117,7 @@ def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]  # not a --whiten layer's frozen filters
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -302,6 +302,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     # model, optimizer, schedule
     model: AlexNet = create_model(config.model, dropout=config.dropout)
     model.set_normalization(*mean_std(data.train.images))
+    if config.whiten:
+        whiten_first_conv(model, data.train.images)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(config, model)
