@@ -63,17 +63,22 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None) -> dict:
         finally:
             for weights in Path(config.out).glob("*.pt"):
                 weights.unlink()
-    val = data.split("val")  # the final model once more, with test-time flips the other way round
-    other = evaluate(result.model, val.images, val.labels, device=result.model.mean.device,
-                     precision=config.precision, tta=not config.tta).accuracy
+    val = data.split("val")  # the final model once more: test-time flips the other way round, and multi-crop
+
+    def accuracy(tta: bool, shift: int = 0) -> float:
+        return evaluate(result.model, val.images, val.labels, device=result.model.mean.device,
+                        precision=config.precision, tta=tta, tta_shift=shift).accuracy
+
+    other, shifted = accuracy(not config.tta), accuracy(True, 1)
     row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"],
            "val_acc": [h["val_acc"] for h in result.history],
            "train_acc": [h["train_acc"] for h in result.history],
            "final_val_acc": result.final.accuracy if result.final else None,
-           "final_val_acc_with_tta" if not config.tta else "final_val_acc_without_tta": other}
+           "final_val_acc_with_tta" if not config.tta else "final_val_acc_without_tta": other,
+           "final_val_acc_with_tta_shift1": shifted}
     print(f"{run['name']:<28} val@20 {100 * row['val_acc'][-1]:.2f}%  best {100 * max(row['val_acc']):.2f}%"
-          f"  final {100 * (row['final_val_acc'] or 0):.2f}% (tta {config.tta}; other way {100 * other:.2f}%)",
-          flush=True)
+          f"  final {100 * (row['final_val_acc'] or 0):.2f}% (tta {config.tta}; other way {100 * other:.2f}%;"
+          f" flips + 1-pixel shifts {100 * shifted:.2f}%)", flush=True)
     return row
 
 

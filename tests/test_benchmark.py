@@ -31,3 +31,30 @@ def test_benchmark_writes_its_table_and_json(tiny_png: Path, tmp_path: Path, ext
     else:
         assert r["seed_style_ips"] > 0
         assert r["end_to_end_over_seed_style"] == pytest.approx(r["end_to_end_ips"] / r["seed_style_ips"])
+
+
+def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: Path, tmp_path: Path) -> None:
+    """benchmarks/sweep.py runs on a lent GPU with no chance to debug it there: one tiny sweep here."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    spec = tmp_path / "spec.json"
+    common = {"epochs": 1, "batch_size": 16, "threads": 1, "tta": True}
+    spec.write_text(json.dumps([
+        {"name": "plain", "config": {**common, "model": "alexnet_tiny"}},
+        {"name": "adhoc", "arch": {"convs": [[16, 3, 1], [32, 3, 1], [32, 3, 1], [32, 3, 1], [32, 3, 1]],
+                                   "pool_after": [0, 1, 4], "hidden": 64, "batch_norm": True},
+         "config": {**common, "recipe": "best", "whiten": True, "alternate_flip": True}},
+    ]))
+    out = tmp_path / "sweep.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), str(spec), "--data",
+                             str(tiny_png), "--out", str(out), "--val-size", "20", "--device", "cpu",
+                             "--precision", "fp32"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == ["plain", "adhoc"] and all("error" not in r for r in rows)
+    for r in rows:
+        assert len(r["val_acc"]) == 1 and 0 <= r["final_val_acc"] <= 1
+        assert 0 <= r["final_val_acc_without_tta"] <= 1 and 0 <= r["final_val_acc_with_tta_shift1"] <= 1

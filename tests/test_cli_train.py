@@ -88,6 +88,20 @@ def test_resume_refuses_a_config_that_does_not_match_its_checkpoint(trained_run:
     assert (run / "last.pt").read_bytes() == before
 
 
+def test_whitened_first_layer_stays_frozen_through_training_and_resume(tiny_png: Path, tmp_path: Path) -> None:
+    run = tmp_path / "w"
+    first = run_cli("train", "--recipe", "best", "--whiten", "--epochs", "1", "--data", str(tiny_png),
+                    "--out", str(run), *TRAIN_FLAGS)
+    assert first.returncode == 0, first.stderr
+    one = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert torch.equal(one["features.0.weight"][16:], -one["features.0.weight"][:16])  # the +/- pairs
+    again = run_cli("train", "--resume", str(run), "--epochs", "2", "--no-progress", "--threads", "1")
+    assert again.returncode == 0, again.stderr
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and torch.equal(state["model"]["features.0.weight"], one["features.0.weight"])
+    assert not torch.equal(state["model"]["features.4.weight"], one["features.4.weight"])  # the rest trained
+
+
 def test_existing_run_is_not_overwritten(trained_run: Path, tiny_png: Path) -> None:
     before = (trained_run / "last.pt").read_bytes()
     result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(trained_run), *TRAIN_FLAGS)
@@ -107,6 +121,10 @@ def test_evaluate_matches_the_final_evaluation(trained_run: Path, tiny_png: Path
     val = run_cli("evaluate", str(trained_run / "best.pt"), "--data", str(tiny_png), "--val-size", "20",
                   "--split", "val")
     assert val.returncode == 0 and "val split (20 images)" in val.stdout
+    shifted = run_cli("evaluate", str(trained_run / "best.pt"), "--data", str(tiny_png), "--val-size", "20",
+                      "--json", "--tta", "--tta-shift", "2")
+    assert shifted.returncode == 0, shifted.stderr
+    assert json.loads(shifted.stdout)["images"] == 20
 
 
 def test_predict_good_and_bad_files(trained_run: Path, tmp_path: Path) -> None:
@@ -172,6 +190,9 @@ def test_models_command_lists_computed_sizes() -> None:
     ["data", "download", "--url", "notaurl", "--data", "{tmp}/dl"],
     ["predict", "{ckpt}", "{ckpt}", "--top-k", "0"],
     ["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "0"],
+    ["evaluate", "{ckpt}", "--data", "{data}", "--tta-shift", "9"],
+    ["train", "--tta-shift", "-1", "--data", "x"],
+    ["train", "--model", "alexnet_bn", "--whiten", "--data", "{data}", "--val-size", "20", "--out", "{tmp}/w"],
     ["benchmark", "--data", "{data}", "--val-size", "20", "--batch-size", "100000"],
     ["export", "{ckpt}", "--format", "safetensors", "--out", "{tmp}"],
     ["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}/m.onnx", "--check-images", "0"],

@@ -9,7 +9,8 @@ from PIL import Image, ImageOps
 
 from alexnet_cifar10.config import make_config
 from alexnet_cifar10.data.loader import ResidentLoader, augment, draw
-from alexnet_cifar10.models import MODELS, create_model, forward_flops
+from alexnet_cifar10.errors import ConfigError
+from alexnet_cifar10.models import MODELS, create_model, forward_flops, whiten_first_conv
 from alexnet_cifar10.training import EMA, lr_factor, mean_std
 
 
@@ -60,6 +61,23 @@ def test_loader_epoch_is_a_permutation_and_replayable() -> None:
     assert not all(torch.equal(a, b) for a, b in zip(first, [x for x, _ in loader.iterate(2)], strict=True))
     x, _ = next(loader.iterate(0))
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_alternating_flip_shows_each_image_both_ways_in_two_epochs() -> None:
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(40)  # the label says which image a batch row is
+    loader = ResidentLoader(images, labels, 8, train=True, pad=0, alternate_flip=True, channels_last=False)
+
+    def flipped(epoch: int) -> torch.Tensor:
+        out = torch.zeros(40, dtype=torch.bool)
+        for x, y in loader.iterate(epoch):
+            mirrored = (x * 255).round().to(torch.uint8).flip(3)
+            out[y] = (mirrored == images[y]).flatten(1).all(1)
+        return out
+
+    first = flipped(0)
+    assert 5 < int(first.sum()) < 35  # a random start
+    assert torch.equal(flipped(1), ~first) and torch.equal(flipped(2), first)
 
 
 def test_sharded_batches_cover_the_global_batch() -> None:
@@ -126,3 +144,48 @@ def test_ema_warms_up_and_tracks() -> None:
         model.weight.add_(1.0)
     ema.update(model)  # first decay is 2/11: the average moves most of the way at once
     assert torch.allclose(ema.module.weight, model.weight - 2 / 11, atol=1e-6)
+
+
+def smooth_images(n: int, seed: int) -> torch.Tensor:
+    """uint8 images with strongly correlated neighbouring pixels and channels (like photographs)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, 8, 8, generator=gen) + 0.3 * torch.rand(n, 3, 8, 8, generator=gen)
+    return torch.nn.functional.interpolate(coarse, size=32, mode="bilinear").mul(180).clamp(0, 255).to(torch.uint8)
+
+
+def test_whitening_decorrelates_the_first_layer_and_freezes_it() -> None:
+    model = create_model("alexnet_tiny")  # 16 first-layer channels: 8 directions and their negatives
+    model.set_normalization(*mean_std(smooth_images(400, 0)))
+    whiten_first_conv(model, smooth_images(400, 0))
+    conv = model.features[0]
+    assert not conv.weight.requires_grad
+    assert torch.equal(conv.weight[8:], -conv.weight[:8])
+    images = smooth_images(300, 1)  # other images from the same distribution
+    with torch.no_grad():
+        out = conv((images.float() / 255 - model.mean) / model.std)[:, :8, 1:-1, 1:-1]  # no zero padding
+    features = out.permute(0, 2, 3, 1).reshape(-1, 8).double()
+    cov = features.T @ features / len(features)
+    assert torch.allclose(cov, torch.eye(8, dtype=torch.float64), atol=0.15), cov
+    raw = (images.double() / 255 - model.mean.double()) / model.std.double()
+    assert torch.nn.functional.unfold(raw, 3).transpose(1, 2).reshape(-1, 27).T.corrcoef().abs().mean() > 0.5
+
+
+def test_whitening_needs_a_first_layer_it_can_fill() -> None:
+    model = create_model("alexnet_bn")  # 64 channels from 27-dimensional 3x3 patches: at most 54
+    with pytest.raises(ConfigError, match="at most 54"):
+        whiten_first_conv(model, smooth_images(20, 0))
+
+
+def test_shift_tta_averages_the_moved_images() -> None:
+    from alexnet_cifar10.evaluation import logits_of
+
+    class Corner(torch.nn.Module):  # "logits": the top-left pixel of each channel
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :, 0, 0]
+
+    x = torch.rand(4, 3, 32, 32)
+    # moved up-left, the corner is the reflection of pixel (1, 1); moved down-right, it is pixel (1, 1)
+    assert torch.allclose(logits_of(Corner(), x, tta=False, shift=1), (x[:, :, 0, 0] + x[:, :, 1, 1]) / 2)
+    flips = (x[:, :, 0, 0] + x[:, :, 0, 31]) / 2
+    moved = (x[:, :, 1, 1] + x[:, :, 1, 30]) / 2
+    assert torch.allclose(logits_of(Corner(), x, tta=True, shift=1), (flips + moved) / 2)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from alexnet_cifar10 import __version__
-from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, PRECISIONS, Config, flag, make_config
+from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, PRECISIONS, Config, check_tta_shift, flag, make_config
 from alexnet_cifar10.errors import AlexNetCifarError
 from alexnet_cifar10.export import FORMATS
 
@@ -80,6 +80,8 @@ def build_parser() -> Parser:
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                     help="flip test-time augmentation (default: as the run was trained)")
+    ev.add_argument("--tta-shift", type=int, default=None, metavar="N",
+                    help="also average over the image moved N pixels (default: as the run was trained)")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--out", default=None, help="folder for result.json, confusion.png, samples.png")
 
@@ -210,15 +212,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet_cifar10.io import atomic_write_text
 
     at_least(args.batch_size, 1, "batch-size")
+    if args.tta_shift is not None:
+        check_tta_shift(args.tta_shift)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the work
     model, state, device = _load_for_eval(args)
     data = load_data(args)
     name = args.split or data.eval_split_name()
     split = data.split(name)
-    tta = state.get("config", {}).get("tta", False) if args.tta is None else args.tta
+    trained = state.get("config", {})
+    tta = trained.get("tta", False) if args.tta is None else args.tta
+    shift = trained.get("tta_shift", 0) if args.tta_shift is None else args.tta_shift
     result = evaluate(model, split.images, split.labels, split=name, batch_size=args.batch_size,
-                      device=device, tta=tta)
+                      device=device, tta=tta, tta_shift=shift)
     if args.out:
         out = Path(args.out)
         atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=2))
@@ -237,8 +243,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     at_least(args.top_k, 1, "top-k")
     model, state, device = _load_for_eval(args)
-    results = predict(model, args.inputs, top_k=args.top_k, device=device,
-                      tta=state.get("config", {}).get("tta", False))
+    trained = state.get("config", {})
+    results = predict(model, args.inputs, top_k=args.top_k, device=device, tta=trained.get("tta", False),
+                      tta_shift=trained.get("tta_shift", 0))
     if not results:
         print(f"{PROG}: error: no image files found in {', '.join(args.inputs)}", file=sys.stderr)
         return 1

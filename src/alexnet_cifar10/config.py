@@ -48,9 +48,13 @@ class Config:
     # augmentation and evaluation
     crop_pad: int = _f(4, "random-crop padding in pixels (0: no crop)")
     flip: bool = _f(True, "random horizontal flips")
+    alternate_flip: bool = _f(False, "flip each image in every other epoch, from a random start, instead of at "
+                              "random (airbench)")
     cutout: int = _f(0, "cutout square size in pixels (0: off)")
     tta: bool = _f(False, "final evaluation on the image and its mirror, averaging the logits "
                               "(per-epoch validation stays plain)")
+    tta_shift: int = _f(0, "also average the final evaluation over the image moved N pixels up-left and "
+                        "down-right, reflect-padded (airbench's multi-crop TTA; 0: off)")
     # run
     seed: int = _f(0, "seed of weights, data order, augmentation and dropout")
     device: str = _f("auto", "training device", DEVICES)
@@ -87,6 +91,7 @@ class Config:
             raise ConfigError("--dropout, --label-smoothing and --ema must lie in [0, 1)")
         if self.crop_pad < 0 or self.cutout < 0 or self.cutout > 32 or self.threads < 0:
             raise ConfigError("--crop-pad, --cutout and --threads must be 0 or more (cutout at most 32)")
+        check_tta_shift(self.tta_shift)
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}")
         return self
@@ -106,6 +111,11 @@ class Config:
             if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
                 raise ConfigError(f"config field {name} must be {types[name]}, got {value!r}")
         return cls(**values)
+
+
+def check_tta_shift(shift: int) -> None:
+    if not 0 <= shift <= 8:
+        raise ConfigError(f"--tta-shift must lie between 0 and 8 pixels, got {shift}")
 
 
 def flag(name: str) -> str:

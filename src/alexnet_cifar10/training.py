@@ -288,7 +288,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     torch.manual_seed(config.seed)
     loader = ResidentLoader(data.train.images, data.train.labels, config.batch_size, train=True,
                             device=device, seed=config.seed, pad=config.crop_pad, flip=config.flip,
-                            cutout=config.cutout, channels_last=config.channels_last, rank=d.rank, world=d.world)
+                            alternate_flip=config.alternate_flip, cutout=config.cutout,
+                            channels_last=config.channels_last, rank=d.rank, world=d.world)
     if len(loader) == 0:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images")
     if config.batch_size % d.world:
@@ -487,7 +488,8 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
     split_name = data.eval_split_name()
     split = data.split(split_name)
     result = evaluate(model, split.images, split.labels, split=split_name, device=device,
-                      precision=config.precision, tta=config.tta, channels_last=config.channels_last)
+                      precision=config.precision, tta=config.tta, tta_shift=config.tta_shift,
+                      channels_last=config.channels_last)
     atomic_write_text(run_dir / "final.json", json.dumps(result.to_dict(), indent=2))
     if importlib.util.find_spec("safetensors") is not None:  # weights as tensors only, when installed
         from alexnet_cifar10.export import export_safetensors

@@ -73,7 +73,8 @@ class ResidentLoader:
     """Batches of (float images in [0, 1], labels) from tensors that live on ``device``.
 
     With ``train=True`` the order is a fresh permutation per epoch and each batch is augmented;
-    ``rank``/``world`` give each process its slice of every global batch.
+    ``rank``/``world`` give each process its slice of every global batch. ``alternate_flip`` flips each
+    image in every other epoch instead of at random.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class ResidentLoader:
         seed: int = 0,
         pad: int = 4,
         flip: bool = True,
+        alternate_flip: bool = False,
         cutout: int = 0,
         channels_last: bool = True,
         drop_last: bool | None = None,
@@ -99,6 +101,12 @@ class ResidentLoader:
         self.labels = labels.to(self.device, non_blocking=non_blocking)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
+        # airbench's alternating flip: each image's flip is drawn once, then inverted every other epoch, so
+        # that any two consecutive epochs show every image both ways
+        self.first_flips = None
+        if self.flip and alternate_flip:
+            gen = _generator(torch.device("cpu"), seed, 11)
+            self.first_flips = torch.randint(0, 2, (len(self.labels),), generator=gen).bool().to(self.device)
         self.channels_last = channels_last
         self.drop_last = train if drop_last is None else drop_last
         self.rank, self.world = rank, world
@@ -124,6 +132,8 @@ class ResidentLoader:
         if self.train:
             gen = _generator(self.device, self.seed, epoch, step, 7)
             d = draw(len(idx), self.pad, self.flip, self.cutout, gen, self.device)
+            if self.first_flips is not None:
+                d.flip = self.first_flips[idx] ^ bool(epoch % 2)
             d = Draws(*(None if t is None else t[mine] for t in (d.dy, d.dx, d.flip, d.cy, d.cx)))
             x = augment(x, d, self.pad, self.cutout)
         return to_float(x, self.channels_last), y
