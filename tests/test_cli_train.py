@@ -77,7 +77,7 @@ def copy_run(trained_run: Path, run: Path, **config_changes: object) -> Path:
     return run
 
 
-@pytest.mark.parametrize("change", [{"dropout": 0.1}, {"model": "alexnet"}])
+@pytest.mark.parametrize("change", [{"dropout": 0.1}, {"model": "alexnet"}, {"whiten": True}])
 def test_resume_refuses_a_config_that_does_not_match_its_checkpoint(trained_run: Path, tmp_path: Path,
                                                                      change: dict) -> None:
     run = copy_run(trained_run, tmp_path / "edited", **change)
@@ -192,7 +192,10 @@ def test_models_command_lists_computed_sizes() -> None:
     ["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "0"],
     ["evaluate", "{ckpt}", "--data", "{data}", "--tta-shift", "9"],
     ["train", "--tta-shift", "-1", "--data", "x"],
-    ["train", "--model", "alexnet_bn", "--whiten", "--data", "{data}", "--val-size", "20", "--out", "{tmp}/w"],
+    ["train", "--model", "alexnet_bn", "--whiten", "--data", "x"],
+    ["train", "--model", "alexnet_classic", "--whiten", "--data", "x"],
+    ["train", "--alternate-flip", "--no-flip", "--data", "x"],
+    ["predict", "{ckpt}", "{ckpt}", "--tta-shift", "40"],
     ["benchmark", "--data", "{data}", "--val-size", "20", "--batch-size", "100000"],
     ["export", "{ckpt}", "--format", "safetensors", "--out", "{tmp}"],
     ["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}/m.onnx", "--check-images", "0"],

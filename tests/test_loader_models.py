@@ -80,13 +80,17 @@ def test_alternating_flip_shows_each_image_both_ways_in_two_epochs() -> None:
     assert torch.equal(flipped(1), ~first) and torch.equal(flipped(2), first)
 
 
-def test_sharded_batches_cover_the_global_batch() -> None:
-    images = torch.zeros(40, 3, 32, 32, dtype=torch.uint8)
+@pytest.mark.parametrize("alternate", [False, True])
+def test_sharded_batches_cover_the_global_batch(alternate: bool) -> None:
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     labels = torch.arange(40)
-    whole = ResidentLoader(images, labels, 8, train=True, pad=0, flip=False)
-    parts = [ResidentLoader(images, labels, 8, train=True, pad=0, flip=False, rank=r, world=2) for r in (0, 1)]
-    for (_, y), (_, y0), (_, y1) in zip(whole.iterate(0), parts[0].iterate(0), parts[1].iterate(0), strict=True):
-        assert torch.equal(torch.cat([y0, y1]), y)
+    kwargs = {"train": True, "pad": 2, "alternate_flip": alternate}
+    whole = ResidentLoader(images, labels, 8, **kwargs)
+    parts = [ResidentLoader(images, labels, 8, rank=r, world=2, **kwargs) for r in (0, 1)]
+    for epoch in (0, 1):  # the same crops and flips as one process would draw
+        for (x, y), (x0, y0), (x1, y1) in zip(whole.iterate(epoch), parts[0].iterate(epoch), parts[1].iterate(epoch),
+                                              strict=True):
+            assert torch.equal(torch.cat([y0, y1]), y) and torch.equal(torch.cat([x0, x1]), x)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -157,8 +161,8 @@ def test_whitening_decorrelates_the_first_layer_and_freezes_it() -> None:
     model = create_model("alexnet_tiny")  # 16 first-layer channels: 8 directions and their negatives
     model.set_normalization(*mean_std(smooth_images(400, 0)))
     whiten_first_conv(model, smooth_images(400, 0))
-    conv = model.features[0]
-    assert not conv.weight.requires_grad
+    conv = model.features[0]  # a model without BatchNorm: its bias is zeroed and frozen too
+    assert not conv.weight.requires_grad and not conv.bias.requires_grad and not conv.bias.any()
     assert torch.equal(conv.weight[8:], -conv.weight[:8])
     images = smooth_images(300, 1)  # other images from the same distribution
     with torch.no_grad():
@@ -179,13 +183,18 @@ def test_whitening_needs_a_first_layer_it_can_fill() -> None:
 def test_shift_tta_averages_the_moved_images() -> None:
     from alexnet_cifar10.evaluation import logits_of
 
-    class Corner(torch.nn.Module):  # "logits": the top-left pixel of each channel
+    class Probe(torch.nn.Module):  # "logits": one pixel of each channel
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x[:, :, 0, 0]
+            return x[:, :, 5, 7]
 
-    x = torch.rand(4, 3, 32, 32)
-    # moved up-left, the corner is the reflection of pixel (1, 1); moved down-right, it is pixel (1, 1)
-    assert torch.allclose(logits_of(Corner(), x, tta=False, shift=1), (x[:, :, 0, 0] + x[:, :, 1, 1]) / 2)
-    flips = (x[:, :, 0, 0] + x[:, :, 0, 31]) / 2
-    moved = (x[:, :, 1, 1] + x[:, :, 1, 30]) / 2
-    assert torch.allclose(logits_of(Corner(), x, tta=True, shift=1), (flips + moved) / 2)
+    x = torch.rand(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    # the image moved 2 pixels down-right shows pixel (3, 5) at (5, 7); moved up-left, pixel (7, 9)
+    moved = (x[:, :, 3, 5] + x[:, :, 7, 9]) / 2
+    assert torch.allclose(logits_of(Probe(), x, tta=False, shift=2), (x[:, :, 5, 7] + moved) / 2)
+    # with flips each view is averaged with its mirror image, whose pixel (5, 7) is the view's (5, 24)
+    flips = (x[:, :, 5, 7] + x[:, :, 5, 24]) / 2
+    moved = (x[:, :, 3, 5] + x[:, :, 3, 22] + x[:, :, 7, 9] + x[:, :, 7, 26]) / 4
+    assert torch.allclose(logits_of(Probe(), x, tta=True, shift=2), (flips + moved) / 2)
+    # at the border the moved image is reflected, not zero-padded
+    assert torch.allclose(logits_of(lambda t: t[:, :, 0, 0], x, tta=False, shift=1),
+                          (x[:, :, 0, 0] + x[:, :, 1, 1]) / 2)

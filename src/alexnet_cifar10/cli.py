@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from alexnet_cifar10 import __version__
-from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, PRECISIONS, Config, check_tta_shift, flag, make_config
+from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, PRECISIONS, Config, flag, make_config
 from alexnet_cifar10.errors import AlexNetCifarError
 from alexnet_cifar10.export import FORMATS
 
@@ -78,10 +78,7 @@ def build_parser() -> Parser:
                     help="split to evaluate (default test if the data has one, else val)")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--device", choices=DEVICES, default="auto")
-    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="flip test-time augmentation (default: as the run was trained)")
-    ev.add_argument("--tta-shift", type=int, default=None, metavar="N",
-                    help="also average over the image moved N pixels (default: as the run was trained)")
+    add_tta_flags(ev)
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--out", default=None, help="folder for result.json, confusion.png, samples.png")
 
@@ -89,6 +86,7 @@ def build_parser() -> Parser:
     pr.add_argument("checkpoint")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--top-k", type=int, default=3)
+    add_tta_flags(pr)
     pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--json", action="store_true", help="print JSON")
     bench = sub.add_parser("benchmark", help="training throughput: real loop vs compute-only vs seed-style; MFU")
@@ -206,23 +204,33 @@ def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
     return model_from_state(state).to(device), state, device
 
 
+def add_tta_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="flip test-time augmentation (default: as the run was trained)")
+    parser.add_argument("--tta-shift", type=int, default=None, metavar="N",
+                        help="also average over the image moved N pixels (default: as the run was trained)")
+
+
+def tta_of(args: argparse.Namespace, state: dict[str, Any]) -> tuple[bool, int]:
+    """The flags' test-time augmentation, else the one the checkpoint's run was trained with."""
+    trained = state.get("config") or {}
+    tta = trained.get("tta", False) if args.tta is None else args.tta
+    return tta, trained.get("tta_shift", 0) if args.tta_shift is None else args.tta_shift
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet_cifar10 import reporting
     from alexnet_cifar10.evaluation import evaluate
     from alexnet_cifar10.io import atomic_write_text
 
     at_least(args.batch_size, 1, "batch-size")
-    if args.tta_shift is not None:
-        check_tta_shift(args.tta_shift)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the work
     model, state, device = _load_for_eval(args)
     data = load_data(args)
     name = args.split or data.eval_split_name()
     split = data.split(name)
-    trained = state.get("config", {})
-    tta = trained.get("tta", False) if args.tta is None else args.tta
-    shift = trained.get("tta_shift", 0) if args.tta_shift is None else args.tta_shift
+    tta, shift = tta_of(args, state)
     result = evaluate(model, split.images, split.labels, split=name, batch_size=args.batch_size,
                       device=device, tta=tta, tta_shift=shift)
     if args.out:
@@ -243,9 +251,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     at_least(args.top_k, 1, "top-k")
     model, state, device = _load_for_eval(args)
-    trained = state.get("config", {})
-    results = predict(model, args.inputs, top_k=args.top_k, device=device, tta=trained.get("tta", False),
-                      tta_shift=trained.get("tta_shift", 0))
+    tta, shift = tta_of(args, state)
+    results = predict(model, args.inputs, top_k=args.top_k, device=device, tta=tta, tta_shift=shift)
     if not results:
         print(f"{PROG}: error: no image files found in {', '.join(args.inputs)}", file=sys.stderr)
         return 1

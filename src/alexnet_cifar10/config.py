@@ -92,6 +92,12 @@ class Config:
         if self.crop_pad < 0 or self.cutout < 0 or self.cutout > 32 or self.threads < 0:
             raise ConfigError("--crop-pad, --cutout and --threads must be 0 or more (cutout at most 32)")
         check_tta_shift(self.tta_shift)
+        if self.alternate_flip and not self.flip:
+            raise ConfigError("--alternate-flip needs --flip")
+        if self.whiten:
+            from alexnet_cifar10.models import check_whitenable  # models import torch; configs need not
+
+            check_whitenable(self.model)
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}")
         return self

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from alexnet_cifar10.config import check_tta_shift
 from alexnet_cifar10.data.formats import CLASSES, IMAGE_SUFFIXES, decode_image
 from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.errors import DataError
@@ -68,8 +69,10 @@ def logits_of(model: nn.Module, x: torch.Tensor, tta: bool, shift: int = 0) -> t
     if shift:
         h, w = x.shape[-2:]
         padded = F.pad(x, (shift, shift, shift, shift), mode="reflect")
-        moved = (padded[..., :h, :w], padded[..., 2 * shift:, 2 * shift:])
-        out = out / 2 + sum(logits_of(model, m, tta) for m in moved) / 4
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        up_left, down_right = (m.contiguous(memory_format=fmt) for m in
+                               (padded[..., :h, :w], padded[..., 2 * shift:, 2 * shift:]))
+        out = out / 2 + (logits_of(model, up_left, tta) + logits_of(model, down_right, tta)) / 4
     return out
 
 
@@ -89,6 +92,7 @@ def evaluate(
     loader: ResidentLoader | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on uint8 ``images``; metrics stay on the device until the end."""
+    check_tta_shift(tta_shift)
     device = torch.device(device)
     loader = loader or ResidentLoader(images, labels, batch_size, train=False, device=device,
                                       channels_last=channels_last)
@@ -162,6 +166,7 @@ def predict(
     tta_shift: int = 0,
 ) -> list[Prediction]:
     """Top-k classes for each image file; a file that fails gets its own error, the rest go on."""
+    check_tta_shift(tta_shift)
     device = torch.device(device)
     model.eval()
     results: list[Prediction] = []

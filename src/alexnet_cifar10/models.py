@@ -18,6 +18,7 @@ from alexnet_cifar10.errors import ConfigError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+_SEED_CONVS = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
 
 
 class AlexNet(nn.Module):
@@ -30,7 +31,7 @@ class AlexNet(nn.Module):
 
     def __init__(
         self,
-        convs: Sequence[tuple[int, int, int]] = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)),
+        convs: Sequence[tuple[int, int, int]] = _SEED_CONVS,
         pool_after: Sequence[int] = (0, 1, 4),
         pool: tuple[int, int] = (2, 2),
         pool_output: int = 2,
@@ -102,7 +103,6 @@ def register(name: str, description: str, **kwargs: object) -> ModelSpec:
     return spec
 
 
-_SEED_CONVS = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
 _K5_CONVS = ((64, 5, 1), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
 _WIDE_CONVS = ((96, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1))
 _FAST_CONVS = ((32, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
@@ -174,9 +174,7 @@ def whiten_first_conv(model: AlexNet, images: torch.Tensor, eps: float = 5e-4, s
     assert isinstance(conv, nn.Conv2d)
     out_ch, in_ch, k, _ = conv.weight.shape
     dims = in_ch * k * k
-    if out_ch % 2 or out_ch > 2 * dims:
-        raise ConfigError(f"--whiten needs an even number of first-layer channels, at most {2 * dims} for "
-                          f"{k}x{k} kernels; this model has {out_ch}")
+    check_whitening(out_ch, k, model.input_size)
     cov, n = torch.zeros(dims, dims, dtype=torch.float64), 0
     mean, std = model.mean.double().cpu(), model.std.double().cpu()
     for chunk in images[::max(1, len(images) // sample)].split(500):  # strided: spread over the classes
@@ -190,7 +188,30 @@ def whiten_first_conv(model: AlexNet, images: torch.Tensor, eps: float = 5e-4, s
     filters = torch.cat([top, -top], dim=1).T.reshape(out_ch, in_ch, k, k)
     with torch.no_grad():
         conv.weight.copy_(filters.to(conv.weight.dtype))
-    conv.weight.requires_grad_(False)
+        if conv.bias is not None:  # models without BatchNorm: a zero bias, frozen too
+            conv.bias.zero_()
+    for p in conv.parameters():
+        p.requires_grad_(False)
+
+
+def check_whitening(channels: int, kernel: int, input_size: int = 32) -> None:
+    """A first convolution that --whiten can fill: an even number of channels, at most two per dimension
+    of its 3 x k x k patches, seeing the 32-pixel images themselves."""
+    if input_size != 32:
+        raise ConfigError(f"--whiten needs a model that sees the 32-pixel images; this one upsamples to "
+                          f"{input_size}")
+    if channels % 2 or channels > 2 * 3 * kernel * kernel:
+        raise ConfigError(f"--whiten needs an even number of first-layer channels, at most "
+                          f"{2 * 3 * kernel * kernel} for {kernel}x{kernel} kernels; this model has {channels}")
+
+
+def check_whitenable(name: str) -> None:
+    """``check_whitening`` for a registered model, without building it (a config checks this before any data
+    is loaded); unknown names are left to ``create_model``."""
+    if name in MODELS:
+        kwargs = MODELS[name].kwargs
+        channels, kernel, _ = kwargs.get("convs", _SEED_CONVS)[0]
+        check_whitening(channels, kernel, kwargs.get("input_size", 32))
 
 
 def create_model(name: str, **overrides: object) -> AlexNet:

@@ -260,9 +260,10 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
 
 def check_resume_model(config: Config, state: dict[str, Any], checkpoint_file: Path) -> None:
     """The run's config.json must describe the network its last.pt holds (a hand-edited or older config.json
-    would otherwise rebuild another network, or silently train on with another dropout)."""
+    would otherwise rebuild another network, or silently train on with another dropout or first layer)."""
     saved = {"model": state.get("model_name", config.model),
-             "dropout": (state.get("model_kwargs") or {}).get("dropout", config.dropout)}
+             "dropout": (state.get("model_kwargs") or {}).get("dropout", config.dropout),
+             "whiten": (state.get("config") or {}).get("whiten", False)}
     for name, value in saved.items():
         if getattr(config, name) != value:
             raise CheckpointError(f"{checkpoint_file} holds a run with --{name} {value}, but its config.json says "

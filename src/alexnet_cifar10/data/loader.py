@@ -103,7 +103,7 @@ class ResidentLoader:
         self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
         # airbench's alternating flip: each image's flip is drawn once, then inverted every other epoch, so
         # that any two consecutive epochs show every image both ways
-        self.first_flips = None
+        self.first_flips: torch.Tensor | None = None
         if self.flip and alternate_flip:
             gen = _generator(torch.device("cpu"), seed, 11)
             self.first_flips = torch.randint(0, 2, (len(self.labels),), generator=gen).bool().to(self.device)
