@@ -201,7 +201,12 @@ def whiten_first_conv(model: AlexNet, images: torch.Tensor, eps: float = 5e-4, s
         conv.weight.copy_(filters.to(conv.weight.dtype))
         if conv.bias is not None:  # models without BatchNorm: a zero bias, frozen too
             conv.bias.zero_()
-    for p in conv.parameters():
+    freeze_first_conv(model)
+
+
+def freeze_first_conv(model: AlexNet) -> None:
+    """Keep the first convolution as it is (a resumed --whiten run gets its filters from the checkpoint)."""
+    for p in model.features[0].parameters():
         p.requires_grad_(False)
 
 

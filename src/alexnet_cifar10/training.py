@@ -28,7 +28,7 @@ from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError, first_line
 from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
 from alexnet_cifar10.io import atomic_write_text
-from alexnet_cifar10.models import AlexNet, create_model, whiten_first_conv
+from alexnet_cifar10.models import AlexNet, create_model, freeze_first_conv, whiten_first_conv
 
 
 class Interrupted(TrainingError):
@@ -304,7 +304,9 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     # model, optimizer, schedule
     model: AlexNet = create_model(config.model, dropout=config.dropout)
     model.set_normalization(*mean_std(data.train.images))
-    if config.whiten:
+    if config.whiten and state is not None:  # the checkpoint holds the filters: only the freezing is redone
+        freeze_first_conv(model)
+    elif config.whiten:
         whiten_first_conv(model, data.train.images)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
