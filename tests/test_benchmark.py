@@ -46,7 +46,8 @@ def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: P
         {"name": "plain", "config": {**common, "model": "alexnet_tiny"}},
         {"name": "adhoc", "arch": {"convs": [[16, 3, 1], [32, 3, 1], [32, 3, 1], [32, 3, 1], [32, 3, 1]],
                                    "pool_after": [0, 1, 4], "hidden": 64, "batch_norm": True},
-         "config": {**common, "recipe": "best", "whiten": True, "alternate_flip": True}},
+         "config": {**common, "recipe": "best", "whiten": True, "alternate_flip": True,
+                                                 "lookahead": True, "decay_norm_bias": False}},
     ]))
     out = tmp_path / "sweep.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), str(spec), "--data",

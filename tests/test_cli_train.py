@@ -236,15 +236,16 @@ def test_published_recipes_keep_their_settings() -> None:
     def key(recipe: str) -> tuple:
         c = make_config(recipe)
         return (c.model, c.optimizer, c.lr, c.batch_size, c.dropout, c.schedule, c.weight_decay,
-                c.label_smoothing, c.crop_pad, c.flip, c.epochs, c.whiten, c.alternate_flip, c.tta, c.tta_shift)
+                c.label_smoothing, c.crop_pad, c.flip, c.epochs, c.whiten, c.alternate_flip, c.tta, c.tta_shift,
+                c.ema, c.lookahead, c.decay_norm_bias)
 
-    plain = (False, False, False, 0)  # no whitening, random flips, no TTA
+    plain = (False, False, False, 0, 0.0, False, True)  # no whitening, random flips, no TTA, no averages
     assert key("seed") == ("alexnet_fast_bn", "adam", 1e-3, 128, 0.25, "constant", 0.0, 0.0, 4, True, 20, *plain)
     assert key("seed-alexnet-bn") == ("alexnet_bn", "adam", 1e-3, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20,
                                       *plain)
     assert key("seed-no-bn") == ("alexnet", "adam", 3e-4, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20, *plain)
     assert key("best") == ("alexnet_fast_bn", "sgd", 0.1, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20,
-                           False, False, True, 1)
+                           False, False, True, 1, 0.0, False, True)
 
 
 def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:

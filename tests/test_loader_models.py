@@ -11,7 +11,7 @@ from alexnet_cifar10.config import make_config
 from alexnet_cifar10.data.loader import ResidentLoader, augment, draw
 from alexnet_cifar10.errors import ConfigError
 from alexnet_cifar10.models import MODELS, create_model, forward_flops, whiten_first_conv
-from alexnet_cifar10.training import EMA, lr_factor, mean_std
+from alexnet_cifar10.training import EMA, build_optimizer, lookahead, lr_factor, mean_std
 
 
 def reference_augment(img: np.ndarray, dy: int, dx: int, flip: bool, pad: int) -> np.ndarray:
@@ -148,6 +148,37 @@ def test_ema_warms_up_and_tracks() -> None:
         model.weight.add_(1.0)
     ema.update(model)  # first decay is 2/11: the average moves most of the way at once
     assert torch.allclose(ema.module.weight, model.weight - 2 / 11, atol=1e-6)
+
+
+def test_lookahead_pulls_the_weights_back_every_fifth_step_and_ends_on_the_average() -> None:
+    model = torch.nn.Linear(2, 2)
+    average = EMA(model, 0.0)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead(average, model, step=4, total=10)  # not a fifth step: nothing moves
+    assert torch.equal(model.weight, start + 1) and torch.equal(average.module.weight, start)
+    lookahead(average, model, step=5, total=10)  # decay 0.95^5 * (5/10)^3 toward the average
+    decay = 0.95 ** 5 * 0.5 ** 3
+    assert torch.allclose(model.weight, start + (1 - decay), atol=1e-6)
+    assert torch.equal(model.weight, average.module.weight)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead(average, model, step=10, total=10)  # the last step: the weights become the average
+    assert torch.allclose(model.weight, start + (1 - decay), atol=1e-6)
+
+
+def test_no_decay_norm_bias_keeps_weight_decay_off_1d_parameters() -> None:
+    model = create_model("alexnet_fast_bn")
+    groups = build_optimizer(make_config("best", decay_norm_bias=False), model).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[i] for i in decayed) == sorted(n for n, p in model.named_parameters() if p.ndim > 1)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert id(bn.weight) not in decayed and id(model.classifier[-1].bias) not in decayed
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    whole = build_optimizer(make_config("best"), model).param_groups
+    assert len(whole) == 1 and whole[0]["weight_decay"] == 5e-4
 
 
 def smooth_images(n: int, seed: int) -> torch.Tensor:

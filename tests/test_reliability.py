@@ -20,8 +20,9 @@ FLAGS = ("--val-size", "20", "--batch-size", "8", "--epochs", "2", "--threads", 
          "--checkpoint-every", "1", "--model", "alexnet_tiny")
 
 
-def start(data: Path, run: Path, resume: bool) -> subprocess.Popen[str]:
-    args = ["--resume", str(run), "--no-progress"] if resume else ["--data", str(data), "--out", str(run), *FLAGS]
+def start(data: Path, run: Path, resume: bool, *extra: str) -> subprocess.Popen[str]:
+    args = (["--resume", str(run), "--no-progress"] if resume
+            else ["--data", str(data), "--out", str(run), *FLAGS, *extra])
     return subprocess.Popen([sys.executable, "-m", "alexnet_cifar10", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -41,6 +42,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     tensors = dict(state["model"])
     for i, s in state["optimizer"]["state"].items():
         tensors |= {f"opt.{i}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)}
+    for average in ("ema_model", "lookahead_model"):
+        tensors |= {f"{average}.{k}": v for k, v in (state.get(average) or {}).items()}
     return tensors
 
 
@@ -61,6 +64,13 @@ def reference(tiny_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def global_step(run: Path) -> int:
+    try:
+        return torch.load(run / "last.pt", weights_only=True)["global_step"]
+    except Exception:  # noqa: BLE001 - not written yet
+        return 0
+
+
 def wait_for(predicate, timeout: float = 120) -> None:  # noqa: ANN001
     end = time.monotonic() + timeout
     while not predicate():
@@ -75,22 +85,16 @@ def test_sigkill_then_resume_is_bit_identical(moment: str, reference: Path, tiny
     proc = start(tiny_png, run, resume=False)
     step = {"first-checkpoint": 1, "mid-epoch-1": 3, "epoch-2": 7, "during-write": 4, "twice": 2}[moment]
 
-    def global_step() -> int:
-        try:
-            return torch.load(run / "last.pt", weights_only=True)["global_step"]
-        except Exception:  # noqa: BLE001 - not written yet
-            return 0
-
     if moment == "during-write":
-        wait_for(lambda: global_step() >= step)
+        wait_for(lambda: global_step(run) >= step)
         wait_for(lambda: any(run.glob(".last.pt.*.tmp")))  # a checkpoint write is under way
     else:
-        wait_for(lambda: global_step() >= step)
+        wait_for(lambda: global_step(run) >= step)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if moment == "twice":
         proc = start(tiny_png, run, resume=True)
-        wait_for(lambda: global_step() >= 6)
+        wait_for(lambda: global_step(run) >= 6)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finish(tiny_png, run)
@@ -108,6 +112,22 @@ def test_sigint_sigterm_checkpoint_and_exit(sig: int, code: int, reference: Path
     assert proc.returncode == code, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"--resume {run}" in lines[0] and "Traceback" not in err
+    finish(tiny_png, run)
+    assert_identical(reference, run)
+
+
+def test_sigkill_then_resume_keeps_the_weight_averages_bit_identical(tiny_png: Path, tmp_path: Path) -> None:
+    extra = ("--lookahead", "--ema", "0.9", "--no-decay-norm-bias", "--optimizer", "sgd", "--weight-decay", "5e-4")
+    reference = tmp_path / "reference"
+    proc = start(tiny_png, reference, False, *extra)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert torch.load(reference / "last.pt", weights_only=True)["lookahead_model"] is not None
+    run = tmp_path / "run"
+    proc = start(tiny_png, run, False, *extra)
+    wait_for(lambda: global_step(run) >= 6)
+    proc.send_signal(signal.SIGKILL)  # after the first lookahead pull at step 5
+    proc.wait()
     finish(tiny_png, run)
     assert_identical(reference, run)
 

@@ -45,6 +45,10 @@ class Config:
     warmup_epochs: float = _f(0.0, "linear warm-up epochs (cosine/linear schedules)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
     ema: float = _f(0.0, "decay of an exponential moving average of the weights (0: off)")
+    lookahead: bool = _f(False, "every 5 steps pull the weights back to their running average, harder as the "
+                         "run goes on, and end on the average (airbench's lookahead)")
+    decay_norm_bias: bool = _f(True, "weight decay also on BatchNorm parameters and biases (--no-decay-norm-bias: "
+                               "on convolution and linear weights only)")
     # augmentation and evaluation
     crop_pad: int = _f(4, "random-crop padding in pixels (0: no crop)")
     flip: bool = _f(True, "random horizontal flips")

@@ -56,15 +56,31 @@ class EMA:
         self.decay, self.updates = decay, 0
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """Move the average toward ``model``; ``decay`` overrides the warmed-up ``self.decay``."""
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if decay is None else decay
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
         floats = [(e, c) for e, c in pairs if e.is_floating_point()]
         torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], 1 - d)
         for e, c in pairs:
             if not e.is_floating_point():
                 e.copy_(c)
+
+
+LOOKAHEAD_EVERY = 5
+
+
+@torch.no_grad()
+def lookahead(average: EMA, model: nn.Module, step: int, total: int) -> None:
+    """airbench's lookahead after optimizer step ``step`` of ``total``: every ``LOOKAHEAD_EVERY`` steps the
+    average moves toward the weights with a decay of 0.95^5 * progress^3 and the weights are set to it, so
+    early training runs free and late training is held to a slow average; the last step ends on it."""
+    if step % LOOKAHEAD_EVERY and step != total:
+        return
+    average.update(model, decay=1.0 if step == total else 0.95 ** LOOKAHEAD_EVERY * (step / total) ** 3)
+    for a, w in zip(average.module.state_dict().values(), model.state_dict().values(), strict=True):
+        w.copy_(a)
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -117,7 +133,11 @@ def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]  # not a --whiten layer's frozen filters
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not a --whiten layer's frozen filters
+    params: list[torch.Tensor] | list[dict[str, Any]] = trainable
+    if not config.decay_norm_bias:  # BatchNorm scales and shifts and all biases are the 1-d parameters
+        params = [{"params": [p for p in trainable if p.ndim > 1]},
+                  {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -263,7 +283,8 @@ def check_resume_model(config: Config, state: dict[str, Any], checkpoint_file: P
     would otherwise rebuild another network, or silently train on with another dropout or first layer)."""
     saved = {"model": state.get("model_name", config.model),
              "dropout": (state.get("model_kwargs") or {}).get("dropout", config.dropout),
-             "whiten": (state.get("config") or {}).get("whiten", False)}
+             "whiten": (state.get("config") or {}).get("whiten", False),
+             "lookahead": (state.get("config") or {}).get("lookahead", False)}
     for name, value in saved.items():
         if getattr(config, name) != value:
             raise CheckpointError(f"{checkpoint_file} holds a run with --{name} {value}, but its config.json says "
@@ -314,6 +335,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(loader)))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     ema = EMA(model, config.ema) if config.ema else None
+    average = EMA(model, 0.0) if config.lookahead else None  # lookahead's slow weights
+    total_steps = config.epochs * len(loader)
     ddp = distributed.wrap(model, d, device)
     step_fn = torch.compile(ddp) if config.compile else ddp
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -330,6 +353,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
             if ema is not None and state.get("ema_model") is not None:
                 ema.module.load_state_dict(state["ema_model"])
                 ema.updates = state["ema_updates"]
+            if average is not None:
+                average.module.load_state_dict(state["lookahead_model"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"the checkpoint does not fit the run's config ({first_line(e)})") from None
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
@@ -355,6 +380,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
             "model": model.state_dict(),
             "ema_model": ema.module.state_dict() if ema is not None else None,
             "ema_updates": ema.updates if ema is not None else 0,
+            "lookahead_model": average.module.state_dict() if average is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -394,12 +420,14 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                global_step += 1
+                if average is not None:
+                    lookahead(average, model, global_step, total_steps)
                 if ema is not None:
                     ema.update(model)
                 dev_loss += loss.detach().double() * len(y)
                 dev_correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
-                global_step += 1
                 bar.update(1)
                 if progress and (step % 25 == 0 or step == len(loader) - 1):  # the only sync, for the bar
                     bar.set_postfix(loss=f"{float(dev_loss) / seen:.3f}", acc=f"{int(dev_correct) / seen:.3f}",
