@@ -77,7 +77,7 @@ def copy_run(trained_run: Path, run: Path, **config_changes: object) -> Path:
     return run
 
 
-@pytest.mark.parametrize("change", [{"dropout": 0.1}, {"model": "alexnet"}, {"whiten": True}])
+@pytest.mark.parametrize("change", [{"dropout": 0.1}, {"model": "alexnet"}, {"whiten": True}, {"lookahead": True}])
 def test_resume_refuses_a_config_that_does_not_match_its_checkpoint(trained_run: Path, tmp_path: Path,
                                                                      change: dict) -> None:
     run = copy_run(trained_run, tmp_path / "edited", **change)
