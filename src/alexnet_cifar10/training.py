@@ -281,10 +281,11 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
 def check_resume_model(config: Config, state: dict[str, Any], checkpoint_file: Path) -> None:
     """The run's config.json must describe the network its last.pt holds (a hand-edited or older config.json
     would otherwise rebuild another network, or silently train on with another dropout or first layer)."""
+    trained = state.get("config") or {}
     saved = {"model": state.get("model_name", config.model),
              "dropout": (state.get("model_kwargs") or {}).get("dropout", config.dropout),
-             "whiten": (state.get("config") or {}).get("whiten", False),
-             "lookahead": (state.get("config") or {}).get("lookahead", False)}
+             "whiten": trained.get("whiten", False),
+             "lookahead": trained.get("lookahead", False)}
     for name, value in saved.items():
         if getattr(config, name) != value:
             raise CheckpointError(f"{checkpoint_file} holds a run with --{name} {value}, but its config.json says "
@@ -325,10 +326,11 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     # model, optimizer, schedule
     model: AlexNet = create_model(config.model, dropout=config.dropout)
     model.set_normalization(*mean_std(data.train.images))
-    if config.whiten and state is not None:  # the checkpoint holds the filters: only the freezing is redone
-        freeze_first_conv(model)
-    elif config.whiten:
-        whiten_first_conv(model, data.train.images)
+    if config.whiten:  # on resume the checkpoint holds the filters: only the freezing is redone
+        if state is not None:
+            freeze_first_conv(model)
+        else:
+            whiten_first_conv(model, data.train.images)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(config, model)
