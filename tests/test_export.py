@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -63,3 +64,40 @@ def test_torch_hub_local_loads_through_the_safe_loader(checkpoint: Path) -> None
     assert torch.equal(model(x), load_model(checkpoint)(x))
     fresh = torch.hub.load(str(REPO), "alexnet_cifar10", source="local", variant="alexnet_tiny")
     assert fresh(x).shape == (3, 10)
+
+
+def test_evaluate_keeps_the_runs_test_time_augmentation_from_pt_and_safetensors(
+        tiny_png: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trained = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), "--val-size", "20",
+                      "--batch-size", "8", "--model", "alexnet_tiny", "--no-progress", "--threads", "1",
+                      "--tta", "--tta-shift", "1")
+    assert trained.returncode == 0, trained.stderr
+    final = json.loads((run / "final.json").read_text())
+    assert (final["tta"], final["tta_shift"]) == (True, 1)
+    assert "Test-time augmentation: flips + 1-pixel moves" in (run / "report.html").read_text()
+    for weights in ("last.pt", "model.safetensors"):
+        result = run_cli("evaluate", str(run / weights), "--data", str(tiny_png), "--val-size", "20", "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert (report["tta"], report["tta_shift"]) == (True, 1), weights
+        assert report["accuracy"] == pytest.approx(final["accuracy"]) and report["loss"] == pytest.approx(
+            final["loss"], rel=1e-5), weights
+    plain = run_cli("evaluate", str(run / "model.safetensors"), "--data", str(tiny_png), "--val-size", "20",
+                    "--no-tta", "--tta-shift", "0")
+    assert plain.returncode == 0, plain.stderr
+    assert "test-time augmentation: none" in plain.stdout
+
+
+def test_safetensors_with_bad_config_metadata_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = torch.load(checkpoint, weights_only=True)
+    for config, message in (("{not json", "unreadable config metadata"), ("[1, 2]", "config metadata is not a")):
+        bad = tmp_path / "bad.safetensors"
+        tensors = {k: v.contiguous() for k, v in state["model"].items()}
+        save_file(tensors, str(bad), metadata={"model_name": state["model_name"], "config": config})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(bad)
+        result = run_cli("evaluate", str(bad), "--data", str(tmp_path))
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr

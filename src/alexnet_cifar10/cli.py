@@ -241,7 +241,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(f"{args.checkpoint} on the {name} split ({len(split)} images)")
+        print(f"{args.checkpoint} on the {name} split ({len(split)} images), test-time augmentation: "
+              f"{result.tta_text()}")
         print(result.table())
     return 0
 

@@ -33,6 +33,8 @@ class EvalResult:
     confusion: np.ndarray  # rows: true class, columns: predicted class
     predictions: torch.Tensor = field(repr=False)
     classes: tuple[str, ...] = CLASSES
+    tta: bool = False  # the test-time augmentation the numbers were measured with
+    tta_shift: int = 0
 
     @property
     def per_class(self) -> dict[str, float]:
@@ -48,7 +50,13 @@ class EvalResult:
             "accuracy": self.accuracy,
             "per_class": self.per_class,
             "confusion": self.confusion.tolist(),
+            "tta": self.tta,
+            "tta_shift": self.tta_shift,
         }
+
+    def tta_text(self) -> str:
+        views = [v for v, on in (("flips", self.tta), (f"{self.tta_shift}-pixel moves", self.tta_shift)) if on]
+        return " + ".join(views) or "none"
 
     def table(self) -> str:
         lines = [f"{'class':<12}{'accuracy':>10}{'images':>8}"]
@@ -118,6 +126,8 @@ def evaluate(
         accuracy=float(np.trace(cm)) / total,
         confusion=cm,
         predictions=torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.int64),
+        tta=tta,
+        tta_shift=tta_shift,
     )
 
 

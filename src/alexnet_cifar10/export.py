@@ -74,6 +74,8 @@ def export_safetensors(state: dict, out: Path) -> None:
     tensors = {k: v.contiguous() for k, v in state["model"].items()}
     metadata = {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs", {})),
                 "format": "alexnet-cifar10"}
+    if state.get("config"):  # the run's settings: evaluate and predict then use its test-time augmentation
+        metadata["config"] = json.dumps(state["config"])
     _write_via_temp(out, lambda p: st.save_file(tensors, str(p), metadata=metadata))
 
 
@@ -115,8 +117,12 @@ def load_safetensors(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     if "model_name" not in meta:
         raise CheckpointError(f"{path}: safetensors file without alexnet-cifar10 metadata (model_name)")
-    try:
-        kwargs = json.loads(meta.get("model_kwargs", "{}"))
-    except ValueError:
-        raise CheckpointError(f"{path}: unreadable model_kwargs metadata") from None
-    return {"model": tensors, "model_name": meta["model_name"], "model_kwargs": kwargs}
+    state: dict = {"model": tensors, "model_name": meta["model_name"]}
+    for key, default in (("model_kwargs", "{}"), ("config", "null")):
+        try:
+            state[key] = json.loads(meta.get(key, default))
+        except ValueError:
+            raise CheckpointError(f"{path}: unreadable {key} metadata") from None
+        if not isinstance(state[key], dict | None):
+            raise CheckpointError(f"{path}: {key} metadata is not a JSON object")
+    return state

@@ -106,7 +106,8 @@ def write_report(run_dir: Path, config: dict[str, Any], history: list[dict[str, 
         )
         per_class = (
             f"<h2>Final evaluation on the {html.escape(result.split)} split: "
-            f"{100 * result.accuracy:.2f}%</h2><table><tr><th>class</th><th>accuracy</th></tr>"
+            f"{100 * result.accuracy:.2f}%</h2><p>Test-time augmentation: {html.escape(result.tta_text())}; the "
+            f"per-epoch validation above is on plain images.</p><table><tr><th>class</th><th>accuracy</th></tr>"
             f"{per_class}</table>{_img(run_dir / 'confusion.png')}{_img(run_dir / 'samples.png')}"
         )
     summary = "".join(

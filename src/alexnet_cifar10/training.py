@@ -528,7 +528,8 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
         from alexnet_cifar10.export import export_safetensors
 
         export_safetensors({"model": model.state_dict(), "model_name": config.model,
-                            "model_kwargs": {"dropout": config.dropout}}, run_dir / "model.safetensors")
+                            "model_kwargs": {"dropout": config.dropout}, "config": config.to_dict()},
+                           run_dir / "model.safetensors")
     reporting.plot_confusion(result, run_dir / "confusion.png")
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
                            run_dir / "samples.png")
