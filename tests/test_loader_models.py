@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from alexnet_cifar10.config import make_config
 from alexnet_cifar10.data.loader import ResidentLoader, augment, draw
 from alexnet_cifar10.errors import ConfigError
-from alexnet_cifar10.models import MODELS, create_model, forward_flops, whiten_first_conv
+from alexnet_cifar10.models import MODELS, create_model, dirac_init, forward_flops, whiten_first_conv
 from alexnet_cifar10.training import EMA, build_optimizer, lookahead, lr_factor, mean_std
 
 
@@ -179,6 +179,39 @@ def test_no_decay_norm_bias_keeps_weight_decay_off_1d_parameters() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     whole = build_optimizer(make_config("best"), model).param_groups
     assert len(whole) == 1 and whole[0]["weight_decay"] == 5e-4
+    assert [id(p) for p in whole[0]["params"]] == [id(p) for p in model.parameters()]  # old checkpoints load
+
+
+def test_norm_bias_lr_scale_speeds_up_the_batchnorm_shifts_only() -> None:
+    model = create_model("alexnet_fast_bn")
+    shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    for decay in (True, False):
+        config = make_config("best", norm_bias_lr_scale=64.0, decay_norm_bias=decay)
+        groups = build_optimizer(config, model).param_groups
+        assert groups[0]["lr"] == 0.1  # the group whose lr the run logs
+        setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+        assert len(setting) == len(list(model.parameters())) == sum(len(g["params"]) for g in groups)
+        for name, p in model.named_parameters():
+            lr, wd = setting[id(p)]
+            if id(p) in shifts:  # 64 times the lr, the same decay per step (lr x wd)
+                assert lr == pytest.approx(6.4) and lr * wd == pytest.approx(0.1 * 5e-4 if decay else 0.0), name
+            else:
+                assert (lr, wd) == (0.1, 5e-4 if decay or p.ndim > 1 else 0.0), name
+    with pytest.raises(ConfigError, match="--norm-bias-lr-scale must be a positive number"):
+        make_config("best", norm_bias_lr_scale=0.0)
+
+
+def test_dirac_init_makes_the_first_filters_pass_their_input_through() -> None:
+    torch.manual_seed(0)
+    model = create_model("alexnet_fast_bn")
+    before = [m.weight.detach().clone() for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    dirac_init(model)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    for conv, old in zip(convs, before, strict=True):
+        x = torch.randn(2, conv.in_channels, 8, 8)
+        out = torch.nn.functional.conv2d(x, conv.weight, padding=1)
+        assert torch.allclose(out[:, :conv.in_channels], x, atol=1e-6)  # identity filters
+        assert torch.equal(conv.weight[conv.in_channels:], old[conv.in_channels:])  # the rest stay random
 
 
 def smooth_images(n: int, seed: int) -> torch.Tensor:

@@ -34,6 +34,8 @@ class Config:
     model: str = _f("alexnet_fast_bn", "model variant (see `alexnet-cifar10 models`)")
     dropout: float = _f(0.25, "dropout in the classifier")
     whiten: bool = _f(False, "first convolution fixed to a whitening of the training patches (airbench)")
+    dirac_init: bool = _f(False, "start each convolution's first in-channels filters as the identity (airbench's "
+                          "dirac initialisation)")
     # optimisation
     epochs: int = _f(20, "training epochs")
     batch_size: int = _f(128, "global batch size")
@@ -47,6 +49,8 @@ class Config:
     ema: float = _f(0.0, "decay of an exponential moving average of the weights (0: off)")
     lookahead: bool = _f(False, "every 5 steps pull the weights back to their running average, harder as the "
                          "run goes on, and end on the average (airbench's lookahead)")
+    norm_bias_lr_scale: float = _f(1.0, "learning-rate multiplier for the BatchNorm shifts, at the same weight "
+                                   "decay per step (airbench uses 64)")
     decay_norm_bias: bool = _f(True, "weight decay also on BatchNorm parameters and biases (--no-decay-norm-bias: "
                                "on convolution and linear weights only)")
     # augmentation and evaluation
@@ -86,6 +90,8 @@ class Config:
                 raise ConfigError(f"--{flag(name)} must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not (self.norm_bias_lr_scale > 0 and math.isfinite(self.norm_bias_lr_scale)):
+            raise ConfigError(f"--norm-bias-lr-scale must be a positive number, got {self.norm_bias_lr_scale}")
         if not (self.weight_decay >= 0 and self.momentum >= 0 and self.warmup_epochs >= 0
                 and self.checkpoint_every >= 0):
             raise ConfigError("--weight-decay, --momentum, --warmup-epochs and --checkpoint-every must be 0 or more")

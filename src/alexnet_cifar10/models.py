@@ -173,6 +173,15 @@ register(
 )
 
 
+def dirac_init(model: AlexNet) -> None:
+    """Set each convolution's first in-channels filters to the identity (airbench): at the start every such
+    layer passes its input through, like a residual connection, and the others keep their random init."""
+    with torch.no_grad():
+        for conv in model.features:
+            if isinstance(conv, nn.Conv2d):
+                nn.init.dirac_(conv.weight[:conv.in_channels])
+
+
 def whiten_first_conv(model: AlexNet, images: torch.Tensor, eps: float = 5e-4, sample: int = 5000) -> None:
     """Set the first convolution to a fixed whitening of the images' patches and freeze it (airbench).
 

@@ -28,7 +28,7 @@ from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError, first_line
 from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
 from alexnet_cifar10.io import atomic_write_text
-from alexnet_cifar10.models import AlexNet, create_model, freeze_first_conv, whiten_first_conv
+from alexnet_cifar10.models import AlexNet, create_model, dirac_init, freeze_first_conv, whiten_first_conv
 
 
 class Interrupted(TrainingError):
@@ -133,11 +133,24 @@ def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD/Adam/AdamW over parameter groups of equal (lr, weight decay), each in model order (so that earlier
+    runs' optimizer states still load): the weights; the BatchNorm shifts at ``--norm-bias-lr-scale`` times the
+    lr and the same decay per step; the other 1-d parameters. Under ``--no-decay-norm-bias`` the 1-d ones get
+    no weight decay."""
     trainable = [p for p in model.parameters() if p.requires_grad]  # not a --whiten layer's frozen filters
-    params: list[torch.Tensor] | list[dict[str, Any]] = trainable
-    if not config.decay_norm_bias:  # BatchNorm scales and shifts and all biases are the 1-d parameters
-        params = [{"params": [p for p in trainable if p.ndim > 1]},
-                  {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+    shifts = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and m.bias is not None}
+    scale, decay = config.norm_bias_lr_scale, config.weight_decay if config.decay_norm_bias else 0.0
+    groups: dict[tuple[float, float], list[torch.Tensor]] = {(config.lr, config.weight_decay): []}
+    for p in trainable:
+        if p.ndim > 1:
+            key = (config.lr, config.weight_decay)
+        elif id(p) in shifts:
+            key = (config.lr * scale, decay / scale)
+        else:
+            key = (config.lr, decay)
+        groups.setdefault(key, []).append(p)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items() if ps]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -326,6 +339,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     # model, optimizer, schedule
     model: AlexNet = create_model(config.model, dropout=config.dropout)
     model.set_normalization(*mean_std(data.train.images))
+    if config.dirac_init:  # a resumed run's weights come from its checkpoint
+        dirac_init(model)
     if config.whiten:  # on resume the checkpoint holds the filters: only the freezing is redone
         if state is not None:
             freeze_first_conv(model)
