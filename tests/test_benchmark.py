@@ -48,7 +48,8 @@ def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: P
                                    "pool_after": [0, 1, 4], "hidden": 64, "batch_norm": True},
          "config": {**common, "recipe": "best", "whiten": True, "alternate_flip": True,
                                                  "lookahead": True, "decay_norm_bias": False,
-                                                 "dirac_init": True, "norm_bias_lr_scale": 64.0}},
+                                                 "dirac_init": True, "norm_bias_lr_scale": 64.0,
+                                                 "bn_momentum": 0.4}},
     ]))
     out = tmp_path / "sweep.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), str(spec), "--data",

@@ -197,6 +197,7 @@ def test_models_command_lists_computed_sizes() -> None:
     ["train", "--alternate-flip", "--no-flip", "--data", "x"],
     ["train", "--norm-bias-lr-scale", "0", "--data", "x"],
     ["train", "--norm-bias-lr-scale", "nan", "--data", "x"],
+    ["train", "--bn-momentum", "0", "--data", "x"],
     ["predict", "{ckpt}", "{ckpt}", "--tta-shift", "40"],
     ["benchmark", "--data", "{data}", "--val-size", "20", "--batch-size", "100000"],
     ["export", "{ckpt}", "--format", "safetensors", "--out", "{tmp}"],
@@ -239,16 +240,16 @@ def test_published_recipes_keep_their_settings() -> None:
         c = make_config(recipe)
         return (c.model, c.optimizer, c.lr, c.batch_size, c.dropout, c.schedule, c.weight_decay,
                 c.label_smoothing, c.crop_pad, c.flip, c.epochs, c.whiten, c.alternate_flip, c.tta, c.tta_shift,
-                c.ema, c.lookahead, c.decay_norm_bias, c.dirac_init, c.norm_bias_lr_scale)
+                c.ema, c.lookahead, c.decay_norm_bias, c.dirac_init, c.norm_bias_lr_scale, c.bn_momentum)
 
-    plain = (False, False, False, 0, 0.0, False, True, False, 1.0)  # no whitening, random flips, no TTA, no
+    plain = (False, False, False, 0, 0.0, False, True, False, 1.0, 0.1)  # no whitening, random flips, no TTA, no
     # averages, default initialisation and parameter groups
     assert key("seed") == ("alexnet_fast_bn", "adam", 1e-3, 128, 0.25, "constant", 0.0, 0.0, 4, True, 20, *plain)
     assert key("seed-alexnet-bn") == ("alexnet_bn", "adam", 1e-3, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20,
                                       *plain)
     assert key("seed-no-bn") == ("alexnet", "adam", 3e-4, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20, *plain)
     assert key("best") == ("alexnet_fast_bn", "sgd", 0.1, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20,
-                           False, False, True, 1, 0.0, False, True, False, 1.0)
+                           False, False, True, 1, 0.0, False, True, False, 1.0, 0.1)
 
 
 def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:
@@ -266,3 +267,12 @@ def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:
     assert git_commit(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == head + "+dirty"
+
+
+def test_bn_momentum_reaches_every_batchnorm(tiny_png: Path, tmp_path: Path) -> None:
+    from alexnet_cifar10 import train
+
+    config = make_config(data=str(tiny_png), val_size=20, batch_size=16, epochs=1, threads=1, progress=False,
+                         model="alexnet_fast_bn", bn_momentum=0.4, out=str(tmp_path / "run"))
+    bns = [m for m in train(config).model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 5 and all(m.momentum == 0.4 for m in bns)

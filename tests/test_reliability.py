@@ -118,7 +118,7 @@ def test_sigint_sigterm_checkpoint_and_exit(sig: int, code: int, reference: Path
 
 def test_sigkill_then_resume_keeps_the_weight_averages_bit_identical(tiny_png: Path, tmp_path: Path) -> None:
     extra = ("--lookahead", "--ema", "0.9", "--no-decay-norm-bias", "--optimizer", "sgd", "--weight-decay", "5e-4",
-             "--norm-bias-lr-scale", "8", "--dirac-init")
+             "--norm-bias-lr-scale", "8", "--dirac-init", "--bn-momentum", "0.4")
     reference = tmp_path / "reference"
     proc = start(tiny_png, reference, False, *extra)
     _, err = proc.communicate(timeout=300)

@@ -51,6 +51,8 @@ class Config:
                          "run goes on, and end on the average (airbench's lookahead)")
     norm_bias_lr_scale: float = _f(1.0, "learning-rate multiplier for the BatchNorm shifts, at the same weight "
                                    "decay per step (airbench uses 64)")
+    bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (PyTorch's convention; airbench uses 0.4 "
+                            "with --lookahead)")
     decay_norm_bias: bool = _f(True, "weight decay also on BatchNorm parameters and biases (--no-decay-norm-bias: "
                                "on convolution and linear weights only)")
     # augmentation and evaluation
@@ -92,6 +94,8 @@ class Config:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if not (self.norm_bias_lr_scale > 0 and math.isfinite(self.norm_bias_lr_scale)):
             raise ConfigError(f"--norm-bias-lr-scale must be a positive number, got {self.norm_bias_lr_scale}")
+        if not 0 < self.bn_momentum <= 1:
+            raise ConfigError(f"--bn-momentum must lie in (0, 1], got {self.bn_momentum}")
         if not (self.weight_decay >= 0 and self.momentum >= 0 and self.warmup_epochs >= 0
                 and self.checkpoint_every >= 0):
             raise ConfigError("--weight-decay, --momentum, --warmup-epochs and --checkpoint-every must be 0 or more")

@@ -341,6 +341,9 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     model.set_normalization(*mean_std(data.train.images))
     if config.dirac_init:  # a resumed run's weights come from its checkpoint
         dirac_init(model)
+    for bn in model.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            bn.momentum = config.bn_momentum
     if config.whiten:  # on resume the checkpoint holds the filters: only the freezing is redone
         if state is not None:
             freeze_first_conv(model)
