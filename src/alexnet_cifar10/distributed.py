@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from alexnet_cifar10.errors import ConfigError, TrainingError, first_line
+from alexnet_cifar10.models import batch_norms
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
     """DDP around ``model``; BatchNorm synchronised across ranks on CUDA."""
     if not d.enabled:
         return model
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    has_bn = bool(batch_norms(model))
     if has_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif has_bn and d.is_main:

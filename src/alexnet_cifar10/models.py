@@ -173,6 +173,11 @@ register(
 )
 
 
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model``, of any dimension and synchronised or not."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def dirac_init(model: AlexNet) -> None:
     """Set each convolution's first in-channels filters to the identity (airbench): at the start every such
     layer passes its input through, like a residual connection, and the others keep their random init."""

@@ -28,7 +28,7 @@ from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError, first_line
 from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
 from alexnet_cifar10.io import atomic_write_text
-from alexnet_cifar10.models import AlexNet, create_model, dirac_init, freeze_first_conv, whiten_first_conv
+from alexnet_cifar10.models import AlexNet, batch_norms, create_model, dirac_init, freeze_first_conv, whiten_first_conv
 
 
 class Interrupted(TrainingError):
@@ -138,8 +138,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     lr and the same decay per step; the other 1-d parameters. Under ``--no-decay-norm-bias`` the 1-d ones get
     no weight decay."""
     trainable = [p for p in model.parameters() if p.requires_grad]  # not a --whiten layer's frozen filters
-    shifts = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-              and m.bias is not None}
+    shifts = {id(bn.bias) for bn in batch_norms(model) if bn.bias is not None}
     scale, decay = config.norm_bias_lr_scale, config.weight_decay if config.decay_norm_bias else 0.0
     groups: dict[tuple[float, float], list[torch.Tensor]] = {(config.lr, config.weight_decay): []}
     for p in trainable:
@@ -291,6 +290,12 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         distributed.cleanup(d)
 
 
+def model_identity(config: Config) -> dict[str, Any]:
+    """What a checkpoint or model.safetensors needs beside the weights: the network to rebuild, and the run's
+    settings (evaluate and predict take its test-time augmentation from them)."""
+    return {"model_name": config.model, "model_kwargs": {"dropout": config.dropout}, "config": config.to_dict()}
+
+
 def check_resume_model(config: Config, state: dict[str, Any], checkpoint_file: Path) -> None:
     """The run's config.json must describe the network its last.pt holds (a hand-edited or older config.json
     would otherwise rebuild another network, or silently train on with another dropout or first layer)."""
@@ -341,9 +346,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     model.set_normalization(*mean_std(data.train.images))
     if config.dirac_init:  # a resumed run's weights come from its checkpoint
         dirac_init(model)
-    for bn in model.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            bn.momentum = config.bn_momentum
+    for bn in batch_norms(model):
+        bn.momentum = config.bn_momentum
     if config.whiten:  # on resume the checkpoint holds the filters: only the freezing is redone
         if state is not None:
             freeze_first_conv(model)
@@ -395,8 +399,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
         if not main:
             return
         save_checkpoint(path, {
-            "model_name": config.model,
-            "model_kwargs": {"dropout": config.dropout},
+            **model_identity(config),
             "model": model.state_dict(),
             "ema_model": ema.module.state_dict() if ema is not None else None,
             "ema_updates": ema.updates if ema is not None else 0,
@@ -406,7 +409,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
             "scaler": scaler.state_dict(),
             "epoch": epoch, "step": step, "global_step": global_step,
             "best_acc": best_acc, "history": history, "partial": sums,
-            "rng": rng_state(), "config": cfg, "version": __version__,
+            "rng": rng_state(), "version": __version__,
             "classes": list(data.classes),
         })
 
@@ -545,9 +548,7 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
     if importlib.util.find_spec("safetensors") is not None:  # weights as tensors only, when installed
         from alexnet_cifar10.export import export_safetensors
 
-        export_safetensors({"model": model.state_dict(), "model_name": config.model,
-                            "model_kwargs": {"dropout": config.dropout}, "config": config.to_dict()},
-                           run_dir / "model.safetensors")
+        export_safetensors({"model": model.state_dict(), **model_identity(config)}, run_dir / "model.safetensors")
     reporting.plot_confusion(result, run_dir / "confusion.png")
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
                            run_dir / "samples.png")
