@@ -60,12 +60,18 @@ def test_checkpoint_loads_weights_only(trained_run: Path) -> None:
 
 
 def test_resume_continues_the_epoch_count(trained_run: Path, tmp_path: Path) -> None:
-    run = copy_run(trained_run, tmp_path / "copy")
-    result = run_cli("train", "--resume", str(run), "--epochs", "2", "--no-progress")
-    assert result.returncode == 0, result.stderr
+    started = "0" * 40  # where the run began; the resume runs this checkout's code
+    run = copy_run(trained_run, tmp_path / "copy", git_commit=started, device_name="the first machine")
+    for epochs in (2, 3):
+        result = run_cli("train", "--resume", str(run), "--epochs", str(epochs), "--no-progress")
+        assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert (config["git_commit"], config["device_name"], config["epochs"]) == (started, "the first machine", 3)
+    assert [(r["epochs_done"], r["steps_into_epoch"]) for r in config["resumes"]] == [(1, 0), (2, 0)]
+    assert all(r["git_commit"] != started and r["device_name"].startswith("cpu") for r in config["resumes"])
 
 
 def copy_run(trained_run: Path, run: Path, **config_changes: object) -> Path:

@@ -310,6 +310,27 @@ def check_resume_model(config: Config, state: dict[str, Any], checkpoint_file: P
                                   f"{getattr(config, name)}; fix config.json or start a new run")
 
 
+PROVENANCE = ("version", "git_commit", "torch", "device_name", "world_size")
+
+
+def provenance(run_dir: Path, state: dict[str, Any] | None, device: torch.device, world: int) -> dict[str, Any]:
+    """Where the run was made, for config.json. A resumed run keeps where it started and adds one entry per
+    resume to ``resumes`` (the code or machine may have changed between the two)."""
+    now = {"version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+           "device_name": device_name(device), "world_size": world}
+    if state is None:
+        return now
+    try:
+        before = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):  # train() has read it already; a file gone since keeps only this start
+        before = {}
+    started = {k: before.get(k, now[k]) for k in PROVENANCE}
+    earlier = before.get("resumes")
+    resumes = [r for r in earlier if isinstance(r, dict)] if isinstance(earlier, list) else []
+    where = {"epochs_done": state["epoch"], "steps_into_epoch": state["step"]}
+    return {**started, "resumes": [*resumes, {**where, **now}]}
+
+
 def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, device: torch.device,
            d: distributed.Dist, cache_dir: str | None) -> TrainResult:
     configure_backends(config, device)
@@ -391,8 +412,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     cfg = config.to_dict()
     if main:
         atomic_write_text(run_dir / "config.json", json.dumps(
-            {**cfg, "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-             "device_name": device_name(device), "world_size": d.world}, indent=2))
+            {**cfg, **provenance(run_dir, state, device, d.world)}, indent=2))
     writer = open_tensorboard(run_dir) if config.tensorboard and main else None
 
     def checkpoint(epoch: int, step: int, path: Path, sums: dict[str, Any]) -> None:
