@@ -3,7 +3,8 @@
     python benchmarks/sweep.py SPEC.json --data PATH --out results.json
 
 SPEC.json is a list of {"name", "arch": AlexNet kwargs (optional), "config": Config overrides}.
-Runs go in order; ``--budget`` seconds stops before a run that would not fit.
+Runs go in order; ``--budget`` seconds stops before a run that would not fit. With ``--keep``, an entry whose
+run stopped early (killed, out of time) is resumed from its last.pt instead of started again.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 
 from alexnet_cifar10 import Cifar10, Config, evaluate, load_cifar10, make_config, train
-from alexnet_cifar10.errors import AlexNetCifarError
+from alexnet_cifar10.config import load_config
+from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.models import register
+from alexnet_cifar10.training import RESUME_OVERRIDES
 
 
 def main() -> None:
@@ -29,7 +32,9 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th entry from the i-th")
-    parser.add_argument("--keep", default=None, help="keep run folders (without weights) under KEEP/<name>")
+    parser.add_argument("--keep", default=None,
+                        help="keep run folders under KEEP/<name>; a run that stops early keeps its last.pt, and "
+                             "a later sweep with the same KEEP finishes it")
     args = parser.parse_args()
     i, n = map(int, args.shard.split("/"))
     runs = json.loads(Path(args.spec).read_text())[i::n]
@@ -51,18 +56,35 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
 
+def stopped_run(folder: Path, config: Config) -> Path | None:
+    """A kept run of this entry that stopped before its end (killed, or out of time): finished runs lose
+    their weights, stopped ones keep last.pt. Another run in the folder is an error, never resumed."""
+    if not (folder / "last.pt").is_file():
+        return None
+    kept = load_config(folder / "config.json").to_dict()
+    differ = [k for k, v in config.to_dict().items() if k not in (*RESUME_OVERRIDES, "out") and kept.get(k) != v]
+    if differ:
+        raise ConfigError(f"{folder} holds a stopped run with other settings ({', '.join(differ)}); move it away")
+    return folder
+
+
 def run_one(run: dict, config: Config, data: Cifar10, keep: str | None) -> dict:
-    """Train one entry; its row of results, or of the error that stopped it (a diverging ablation)."""
+    """Train one entry (or finish its stopped run under ``keep``); its row of results, or of the error that
+    stopped it (a diverging ablation)."""
     with tempfile.TemporaryDirectory() as tmp:
-        config.out = str(Path(keep or tmp) / run["name"])
+        folder = Path(keep or tmp) / run["name"]
+        config.out = str(folder)
         try:
-            result = train(config, data=data)
+            resume = stopped_run(folder, config)
+            if resume:
+                print(f"{run['name']:<28} resumes its stopped run in {folder}", flush=True)
+            result = train(config, data=data, resume=resume,
+                           overrides={k: getattr(config, k) for k in RESUME_OVERRIDES} if resume else None)
         except AlexNetCifarError as e:
             print(f"{run['name']:<28} Error: {e}", flush=True)
             return {"name": run["name"], "config": run["config"], "error": str(e)}
-        finally:
-            for weights in Path(config.out).glob("*.pt"):
-                weights.unlink()
+        for weights in folder.glob("*.pt"):
+            weights.unlink()
     val = data.split("val")  # the final model once more: test-time flips the other way round, and multi-crop
 
     def accuracy(tta: bool, shift: int = 0) -> float:

@@ -21,4 +21,4 @@ done
 wait
 grep -h -E 'val@|Error' /tmp/sw/*.log
 for d in /tmp/sw/runs/*/; do [ -d "$d" ] || continue; echo "$(basename "$d"): $(cat "$d/metrics.jsonl" 2>/dev/null | wc -l) epochs"; done
-tar czf "$OUT/sweep.tar.gz" -C /tmp/sw --exclude="*.png" --exclude="*.html" --exclude="*.safetensors" .
+tar czf "$OUT/sweep.tar.gz" -C /tmp/sw --exclude="*.pt" --exclude="*.png" --exclude="*.html" --exclude="*.safetensors" .

@@ -4,10 +4,16 @@ asserted (they are measured and written down in BENCHMARKS.md), only that each n
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 FLAGS = ("--val-size", "20", "--model", "alexnet_tiny", "--batch-size", "8", "--steps", "2", "--repeats", "1",
          "--threads", "1")
@@ -33,13 +39,13 @@ def test_benchmark_writes_its_table_and_json(tiny_png: Path, tmp_path: Path, ext
         assert r["end_to_end_over_seed_style"] == pytest.approx(r["end_to_end_ips"] / r["seed_style_ips"])
 
 
+def sweep_command(spec: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "benchmarks" / "sweep.py"), str(spec), "--data", str(data), "--out", str(out),
+            "--val-size", "20", "--device", "cpu", "--precision", "fp32", *extra]
+
+
 def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: Path, tmp_path: Path) -> None:
     """benchmarks/sweep.py runs on a lent GPU with no chance to debug it there: one tiny sweep here."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     spec = tmp_path / "spec.json"
     common = {"epochs": 1, "batch_size": 16, "threads": 1, "tta": True}
     spec.write_text(json.dumps([
@@ -52,12 +58,49 @@ def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: P
                                                  "bn_momentum": 0.4}},
     ]))
     out = tmp_path / "sweep.json"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), str(spec), "--data",
-                             str(tiny_png), "--out", str(out), "--val-size", "20", "--device", "cpu",
-                             "--precision", "fp32"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(sweep_command(spec, tiny_png, out), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())
     assert [r["name"] for r in rows] == ["plain", "adhoc"] and all("error" not in r for r in rows)
     for r in rows:
         assert len(r["val_acc"]) == 1 and 0 <= r["final_val_acc"] <= 1
         assert 0 <= r["final_val_acc_without_tta"] <= 1 and 0 <= r["final_val_acc_with_tta_shift1"] <= 1
+
+
+def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tiny_png: Path, tmp_path: Path) -> None:
+    """sweep.sh stops each run with SIGTERM at SWEEP_SECONDS: the kept last.pt lets the next sweep finish it, and
+    a stopped run with other settings is refused, never resumed."""
+    spec, keep = tmp_path / "spec.json", tmp_path / "keep"
+    entry = {"name": "long", "config": {"epochs": 30, "batch_size": 8, "threads": 1, "model": "alexnet_tiny"}}
+    spec.write_text(json.dumps([entry]))
+    first = subprocess.Popen(sweep_command(spec, tiny_png, tmp_path / "1.json", "--keep", str(keep)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    end = time.monotonic() + 300
+    while not (keep / "long" / "last.pt").exists() and first.poll() is None and time.monotonic() < end:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGTERM)  # what timeout(1) in sweep.sh sends
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    stopped = json.loads((tmp_path / "1.json").read_text())[0]
+    assert "interrupted" in stopped["error"] and (keep / "long" / "last.pt").is_file()
+    done = len((keep / "long" / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 30
+
+    other = tmp_path / "other"
+    shutil.copytree(keep, other)
+    spec.write_text(json.dumps([{**entry, "config": {**entry["config"], "lr": 0.5}}]))
+    refused = subprocess.run(sweep_command(spec, tiny_png, tmp_path / "2.json", "--keep", str(other)),
+                             capture_output=True, text=True, timeout=300)
+    row = json.loads((tmp_path / "2.json").read_text())[0]
+    assert refused.returncode == 0 and "other settings (lr)" in row["error"], refused.stdout
+
+    spec.write_text(json.dumps([entry]))
+    second = subprocess.run(sweep_command(spec, tiny_png, tmp_path / "3.json", "--keep", str(keep)),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "resumes its stopped run" in second.stdout
+    row = json.loads((tmp_path / "3.json").read_text())[0]
+    assert "error" not in row and len(row["val_acc"]) == 30 and 0 <= row["final_val_acc"] <= 1
+    epochs = [json.loads(line)["epoch"] for line in (keep / "long" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 31)) and not list((keep / "long").glob("*.pt"))
