@@ -94,6 +94,16 @@ def test_resume_refuses_a_config_that_does_not_match_its_checkpoint(trained_run:
     assert (run / "last.pt").read_bytes() == before
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "null", "{not json", '{"lr": "fast"}'])
+def test_resume_refuses_a_hostile_config_json_in_one_line(trained_run: Path, tmp_path: Path, text: str) -> None:
+    run = copy_run(trained_run, tmp_path / "hostile")
+    (run / "config.json").write_text(text)
+    before = (run / "last.pt").read_bytes()
+    result = run_cli("train", "--resume", str(run), "--no-progress")
+    assert "config" in one_error_line(result)
+    assert (run / "last.pt").read_bytes() == before and (run / "config.json").read_text() == text
+
+
 def test_whitened_first_layer_stays_frozen_through_training_and_resume(tiny_png: Path, tmp_path: Path) -> None:
     run = tmp_path / "w"
     first = run_cli("train", "--recipe", "best", "--whiten", "--epochs", "1", "--data", str(tiny_png),

@@ -180,5 +180,7 @@ def load_config(path: Path) -> Config:
         values = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"cannot read config {path}: it holds a JSON {type(values).__name__}, not an object")
     values = {k: v for k, v in values.items() if k in {f.name for f in fields(Config)}}
     return Config.from_dict(values).validate()
