@@ -84,9 +84,13 @@ def test_evaluate_keeps_the_runs_test_time_augmentation_from_pt_and_safetensors(
         assert report["accuracy"] == pytest.approx(final["accuracy"]) and report["loss"] == pytest.approx(
             final["loss"], rel=1e-5), weights
     plain = run_cli("evaluate", str(run / "model.safetensors"), "--data", str(tiny_png), "--val-size", "20",
-                    "--no-tta", "--tta-shift", "0")
+                    "--no-tta")
     assert plain.returncode == 0, plain.stderr
     assert "test-time augmentation: none" in plain.stdout
+    moves = run_cli("evaluate", str(run / "last.pt"), "--data", str(tiny_png), "--val-size", "20", "--json",
+                    "--no-tta", "--tta-shift", "1")
+    assert moves.returncode == 0, moves.stderr
+    assert (json.loads(moves.stdout)["tta"], json.loads(moves.stdout)["tta_shift"]) == (False, 1)
 
 
 def test_safetensors_with_bad_config_metadata_is_refused(checkpoint: Path, tmp_path: Path) -> None:

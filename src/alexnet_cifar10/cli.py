@@ -206,16 +206,20 @@ def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
 
 def add_tta_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="flip test-time augmentation (default: as the run was trained)")
+                        help="flip test-time augmentation (default: as the run was trained); --no-tta evaluates "
+                             "plain images unless --tta-shift is given too")
     parser.add_argument("--tta-shift", type=int, default=None, metavar="N",
                         help="also average over the image moved N pixels (default: as the run was trained)")
 
 
 def tta_of(args: argparse.Namespace, state: dict[str, Any]) -> tuple[bool, int]:
-    """The flags' test-time augmentation, else the one the checkpoint's run was trained with."""
+    """The flags' test-time augmentation, else the one the checkpoint's run was trained with. ``--no-tta``
+    alone means none at all: a user who asks for plain images should not get the run's moves."""
     trained = state.get("config") or {}
     tta = trained.get("tta", False) if args.tta is None else args.tta
-    return tta, trained.get("tta_shift", 0) if args.tta_shift is None else args.tta_shift
+    if args.tta_shift is not None:
+        return tta, args.tta_shift
+    return tta, 0 if args.tta is False else trained.get("tta_shift", 0)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
