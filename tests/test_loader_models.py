@@ -164,8 +164,17 @@ def test_lookahead_pulls_the_weights_back_every_fifth_step_and_ends_on_the_avera
     assert torch.equal(model.weight, average.module.weight)
     with torch.no_grad():
         model.weight.add_(1.0)
-    lookahead(average, model, step=10, total=10)  # the last step: the weights become the average
+    lookahead(average, model, step=9, total=11)  # not a fifth step, not the last: nothing moves
+    assert torch.allclose(model.weight, start + (1 - decay) + 1, atol=1e-6)
+    lookahead(average, model, step=11, total=11)  # the last step: the weights land on the average, unblended
     assert torch.allclose(model.weight, start + (1 - decay), atol=1e-6)
+    assert torch.equal(model.weight, average.module.weight)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead(average, model, step=15, total=15)  # a last step that is a fifth one blends first (airbench)
+    last = 0.95 ** 5
+    assert torch.allclose(model.weight, start + (1 - decay) + (1 - last), atol=1e-6)
+    assert torch.equal(model.weight, average.module.weight)
 
 
 def test_no_decay_norm_bias_keeps_weight_decay_off_1d_parameters() -> None:
@@ -177,7 +186,7 @@ def test_no_decay_norm_bias_keeps_weight_decay_off_1d_parameters() -> None:
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert id(bn.weight) not in decayed and id(model.classifier[-1].bias) not in decayed
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    whole = build_optimizer(make_config("best"), model).param_groups
+    whole = build_optimizer(make_config("best", decay_norm_bias=True), model).param_groups
     assert len(whole) == 1 and whole[0]["weight_decay"] == 5e-4
     assert [id(p) for p in whole[0]["params"]] == [id(p) for p in model.parameters()]  # old checkpoints load
 
@@ -186,7 +195,7 @@ def test_norm_bias_lr_scale_speeds_up_the_batchnorm_shifts_only() -> None:
     model = create_model("alexnet_fast_bn")
     shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     for decay in (True, False):
-        config = make_config("best", norm_bias_lr_scale=64.0, decay_norm_bias=decay)
+        config = make_config("best", lr=0.1, norm_bias_lr_scale=64.0, decay_norm_bias=decay)
         groups = build_optimizer(config, model).param_groups
         assert groups[0]["lr"] == 0.1  # the group whose lr the run logs
         setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}

@@ -75,10 +75,12 @@ LOOKAHEAD_EVERY = 5
 def lookahead(average: EMA, model: nn.Module, step: int, total: int) -> None:
     """airbench's lookahead after optimizer step ``step`` of ``total``: every ``LOOKAHEAD_EVERY`` steps the
     average moves toward the weights with a decay of 0.95^5 * progress^3 and the weights are set to it, so
-    early training runs free and late training is held to a slow average; the last step ends on it."""
+    early training runs free and late training is held to a slow average; the last step ends on it. A last step
+    that is also a fifth step blends first, as airbench's loop does (the update, then the final sync)."""
     if step % LOOKAHEAD_EVERY and step != total:
         return
-    average.update(model, decay=1.0 if step == total else 0.95 ** LOOKAHEAD_EVERY * (step / total) ** 3)
+    fifth = step % LOOKAHEAD_EVERY == 0
+    average.update(model, decay=0.95 ** LOOKAHEAD_EVERY * (step / total) ** 3 if fifth else 1.0)
     for a, w in zip(average.module.state_dict().values(), model.state_dict().values(), strict=True):
         w.copy_(a)
 
