@@ -119,6 +119,17 @@ def test_whitened_first_layer_stays_frozen_through_training_and_resume(tiny_png:
     assert not torch.equal(state["model"]["features.4.weight"], one["features.4.weight"])  # the rest trained
 
 
+def test_lookahead_warns_when_the_run_is_too_short_to_average(tiny_png: Path, tmp_path: Path) -> None:
+    """Under five steps, airbench's lookahead lands on weights it never updated: the user is told."""
+    short = run_cli("train", "--lookahead", "--epochs", "1", "--data", str(tiny_png), "--out", str(tmp_path / "s"),
+                    "--model", "alexnet_tiny", *TRAIN_FLAGS)  # 40 images in full batches of 16: 2 steps
+    assert short.returncode == 0, short.stderr
+    assert "ends on its starting weights; add --no-lookahead" in short.stderr
+    long = run_cli("train", "--lookahead", "--epochs", "3", "--data", str(tiny_png), "--out", str(tmp_path / "l"),
+                   "--model", "alexnet_tiny", *TRAIN_FLAGS)
+    assert long.returncode == 0 and "warning" not in long.stderr, long.stderr
+
+
 def test_existing_run_is_not_overwritten(trained_run: Path, tiny_png: Path) -> None:
     before = (trained_run / "last.pt").read_bytes()
     result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(trained_run), *TRAIN_FLAGS)

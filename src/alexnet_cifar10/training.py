@@ -384,6 +384,9 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     ema = EMA(model, config.ema) if config.ema else None
     average = EMA(model, 0.0) if config.lookahead else None  # lookahead's slow weights
     total_steps = config.epochs * len(loader)
+    if average is not None and total_steps < LOOKAHEAD_EVERY and main:
+        print(f"warning: --lookahead averages every {LOOKAHEAD_EVERY} steps and this run has {total_steps}, so it "
+              "ends on its starting weights; add --no-lookahead", file=sys.stderr)
     ddp = distributed.wrap(model, d, device)
     step_fn = torch.compile(ddp) if config.compile else ddp
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
