@@ -5,18 +5,25 @@
 SPEC.json is a list of {"name", "arch": AlexNet kwargs (optional), "config": Config overrides}.
 Runs go in order; ``--budget`` seconds stops before a run that would not fit. With ``--keep``, an entry whose
 run stopped early (killed, out of time) is resumed from its last.pt instead of started again.
+
+Proxies for a CPU: ``--train-size N`` trains on a class-balanced N-image part of the training split, and
+``--epoch-val-size M`` validates each epoch on an M-image part of the validation split. The final numbers
+(plain, flips, flips + 1-pixel moves) are always on the whole validation split.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from alexnet_cifar10 import Cifar10, Config, evaluate, load_cifar10, make_config, train
 from alexnet_cifar10.config import load_config
+from alexnet_cifar10.data.splits import Split, stratified_split
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.models import register
 from alexnet_cifar10.training import RESUME_OVERRIDES
@@ -32,6 +39,11 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th entry from the i-th")
+    parser.add_argument("--train-size", type=int, default=0,
+                        help="proxy: train on a class-balanced part of the training split this big (0: all)")
+    parser.add_argument("--epoch-val-size", type=int, default=0,
+                        help="proxy: validate each epoch on a part of the validation split this big (0: all); "
+                             "the final evaluations always use all of it")
     parser.add_argument("--keep", default=None,
                         help="keep run folders under KEEP/<name>; a run that stops early keeps its last.pt, and "
                              "a later sweep with the same KEEP finishes it")
@@ -39,6 +51,7 @@ def main() -> None:
     i, n = map(int, args.shard.split("/"))
     runs = json.loads(Path(args.spec).read_text())[i::n]
     data = load_cifar10(args.data, val_size=args.val_size, seed=0)
+    data = replace(data, train=part(data.train, args.train_size))
     start, results, last = time.perf_counter(), [], 0.0
     for run in runs:
         if time.perf_counter() - start + last * 1.1 > args.budget:
@@ -50,10 +63,18 @@ def main() -> None:
             register(overrides["model"], "sweep candidate", **run["arch"])
         config = make_config(overrides.pop("recipe", "seed"), **overrides)
         t0 = time.perf_counter()
-        row = run_one(run, config, data, args.keep)
+        row = run_one(run, config, data, args.keep, args.epoch_val_size)
         last = row["seconds"] = time.perf_counter() - t0
         results.append(row)
         Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+def part(split: Split, size: int) -> Split:
+    """A class-balanced ``size``-image part of ``split``, the same for every run (the whole split for 0)."""
+    if not 0 < size < len(split):
+        return split
+    _, keep = stratified_split(split.labels, size, seed=0)
+    return Split(split.images[keep], split.labels[keep])
 
 
 def stopped_run(folder: Path, config: Config) -> Path | None:
@@ -68,9 +89,10 @@ def stopped_run(folder: Path, config: Config) -> Path | None:
     return folder
 
 
-def run_one(run: dict, config: Config, data: Cifar10, keep: str | None) -> dict:
+def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_val_size: int = 0) -> dict:
     """Train one entry (or finish its stopped run under ``keep``); its row of results, or of the error that
     stopped it (a diverging ablation)."""
+    val = data.split("val")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep or tmp) / run["name"]
         config.out = str(folder)
@@ -78,24 +100,26 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None) -> dict:
             resume = stopped_run(folder, config)
             if resume:
                 print(f"{run['name']:<28} resumes its stopped run in {folder}", flush=True)
-            result = train(config, data=data, resume=resume,
+            result = train(config, data=replace(data, val=part(val, epoch_val_size)), resume=resume,
                            overrides={k: getattr(config, k) for k in RESUME_OVERRIDES} if resume else None)
         except AlexNetCifarError as e:
             print(f"{run['name']:<28} Error: {e}", flush=True)
             return {"name": run["name"], "config": run["config"], "error": str(e)}
         for weights in folder.glob("*.pt"):
             weights.unlink()
-    val = data.split("val")  # the final model once more: test-time flips the other way round, and multi-crop
 
+    @functools.cache  # the configured evaluation is often the multi-crop one
     def accuracy(tta: bool, shift: int = 0) -> float:
         return evaluate(result.model, val.images, val.labels, device=result.model.mean.device,
                         precision=config.precision, tta=tta, tta_shift=shift).accuracy
 
-    other, shifted = accuracy(not config.tta), accuracy(True, 1)
+    # the final model on the whole split: as configured, test-time flips the other way round, and multi-crop
+    final, other, shifted = accuracy(config.tta, config.tta_shift), accuracy(not config.tta), accuracy(True, 1)
     row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"],
            "val_acc": [h["val_acc"] for h in result.history],
            "train_acc": [h["train_acc"] for h in result.history],
-           "final_val_acc": result.final.accuracy if result.final else None,
+           "train_size": len(data.train), "epoch_val_size": len(part(val, epoch_val_size)),
+           "final_val_acc": final,
            "final_val_acc_with_tta" if not config.tta else "final_val_acc_without_tta": other,
            "final_val_acc_with_tta_shift1": shifted}
     print(f"{run['name']:<28} val@20 {100 * row['val_acc'][-1]:.2f}%  best {100 * max(row['val_acc']):.2f}%"

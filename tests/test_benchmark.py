@@ -104,3 +104,31 @@ def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tin
     assert "error" not in row and len(row["val_acc"]) == 30 and 0 <= row["final_val_acc"] <= 1
     epochs = [json.loads(line)["epoch"] for line in (keep / "long" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 31)) and not list((keep / "long").glob("*.pt"))
+
+
+def test_a_proxy_sweep_trains_on_part_of_the_data_and_scores_the_whole_validation_split(
+        tiny_png: Path, tmp_path: Path) -> None:
+    """--train-size and --epoch-val-size make a CPU ablation affordable; its final numbers must still be on every
+    validation image, or proxy rows could not be set beside full runs."""
+    from alexnet_cifar10 import evaluate, load_cifar10, load_model
+    from alexnet_cifar10.data.splits import stratified_split
+
+    spec, keep = tmp_path / "spec.json", tmp_path / "keep"
+    spec.write_text(json.dumps([{"name": "proxy", "config": {"epochs": 1, "batch_size": 4, "threads": 1,
+                                                             "model": "alexnet_tiny"}}]))
+    result = subprocess.run(sweep_command(spec, tiny_png, tmp_path / "out.json", "--train-size", "20",
+                                          "--epoch-val-size", "10", "--keep", str(keep)),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    row = json.loads((tmp_path / "out.json").read_text())[0]
+    assert row["train_size"] == 20 and row["epoch_val_size"] == 10
+    epoch = json.loads((keep / "proxy" / "metrics.jsonl").read_text())
+    assert round(epoch["images_per_s"] * epoch["seconds"]) == 20  # 20 of the 40 training images were seen
+
+    val = load_cifar10(str(tiny_png), val_size=20, seed=0).split("val")
+    model = load_model(keep / "proxy" / "model.safetensors")
+    whole = evaluate(model, val.images, val.labels)
+    assert row["final_val_acc"] == pytest.approx(whole.accuracy)  # plain: the entry has no --tta
+    _, part = stratified_split(val.labels, 10, seed=0)
+    assert epoch["val_loss"] == pytest.approx(evaluate(model, val.images[part], val.labels[part]).loss, rel=1e-6)
+    assert epoch["val_loss"] != pytest.approx(whole.loss, rel=1e-6)  # the epochs saw the part, not the whole
