@@ -93,6 +93,7 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_va
     """Train one entry (or finish its stopped run under ``keep``); its row of results, or of the error that
     stopped it (a diverging ablation)."""
     val = data.split("val")
+    epoch_val = part(val, epoch_val_size)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep or tmp) / run["name"]
         config.out = str(folder)
@@ -100,7 +101,7 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_va
             resume = stopped_run(folder, config)
             if resume:
                 print(f"{run['name']:<28} resumes its stopped run in {folder}", flush=True)
-            result = train(config, data=replace(data, val=part(val, epoch_val_size)), resume=resume,
+            result = train(config, data=replace(data, val=epoch_val), resume=resume,
                            overrides={k: getattr(config, k) for k in RESUME_OVERRIDES} if resume else None)
         except AlexNetCifarError as e:
             print(f"{run['name']:<28} Error: {e}", flush=True)
@@ -118,7 +119,7 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_va
     row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"],
            "val_acc": [h["val_acc"] for h in result.history],
            "train_acc": [h["train_acc"] for h in result.history],
-           "train_size": len(data.train), "epoch_val_size": len(part(val, epoch_val_size)),
+           "train_size": len(data.train), "epoch_val_size": len(epoch_val),
            "final_val_acc": final,
            "final_val_acc_with_tta" if not config.tta else "final_val_acc_without_tta": other,
            "final_val_acc_with_tta_shift1": shifted}
