@@ -77,16 +77,23 @@ def part(split: Split, size: int) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
-def stopped_run(folder: Path, config: Config) -> Path | None:
+def stopped_run(folder: Path, config: Config, sizes: dict[str, int]) -> Path | None:
     """A kept run of this entry that stopped before its end (killed, or out of time): finished runs lose
-    their weights, stopped ones keep last.pt. Another run in the folder is an error, never resumed."""
+    their weights, stopped ones keep last.pt. Another run in the folder (other settings, or a proxy of
+    other data sizes) is an error, never resumed."""
     if not (folder / "last.pt").is_file():
         return None
     kept = load_config(folder / "config.json").to_dict()
     differ = [k for k, v in config.to_dict().items() if k not in (*RESUME_OVERRIDES, "out") and kept.get(k) != v]
+    if (folder / SIZES).is_file():  # config.json holds the recipe; the proxy's data sizes are kept beside it
+        kept_sizes = json.loads((folder / SIZES).read_text())
+        differ += [k for k, v in sizes.items() if kept_sizes.get(k) != v]
     if differ:
         raise ConfigError(f"{folder} holds a stopped run with other settings ({', '.join(differ)}); move it away")
     return folder
+
+
+SIZES = "sweep-sizes.json"
 
 
 def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_val_size: int = 0) -> dict:
@@ -94,13 +101,16 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_va
     stopped it (a diverging ablation)."""
     val = data.split("val")
     epoch_val = part(val, epoch_val_size)
+    sizes = {"train_size": len(data.train), "epoch_val_size": len(epoch_val)}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(keep or tmp) / run["name"]
         config.out = str(folder)
         try:
-            resume = stopped_run(folder, config)
+            resume = stopped_run(folder, config, sizes)
             if resume:
                 print(f"{run['name']:<28} resumes its stopped run in {folder}", flush=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / SIZES).write_text(json.dumps(sizes))
             result = train(config, data=replace(data, val=epoch_val), resume=resume,
                            overrides={k: getattr(config, k) for k in RESUME_OVERRIDES} if resume else None)
         except AlexNetCifarError as e:
@@ -119,7 +129,7 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_va
     row = {"name": run["name"], "arch": run.get("arch"), "config": run["config"],
            "val_acc": [h["val_acc"] for h in result.history],
            "train_acc": [h["train_acc"] for h in result.history],
-           "train_size": len(data.train), "epoch_val_size": len(epoch_val),
+           **sizes,
            "final_val_acc": final,
            "final_val_acc_with_tta" if not config.tta else "final_val_acc_without_tta": other,
            "final_val_acc_with_tta_shift1": shifted}

@@ -69,7 +69,7 @@ def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: P
 
 def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tiny_png: Path, tmp_path: Path) -> None:
     """sweep.sh stops each run with SIGTERM at SWEEP_SECONDS: the kept last.pt lets the next sweep finish it, and
-    a stopped run with other settings is refused, never resumed."""
+    a stopped run with other settings or other proxy data sizes is refused, never resumed."""
     spec, keep = tmp_path / "spec.json", tmp_path / "keep"
     entry = {"name": "long", "config": {"epochs": 30, "batch_size": 8, "threads": 1, "model": "alexnet_tiny"}}
     spec.write_text(json.dumps([entry]))
@@ -94,6 +94,13 @@ def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tin
                              capture_output=True, text=True, timeout=300)
     row = json.loads((tmp_path / "2.json").read_text())[0]
     assert refused.returncode == 0 and "other settings (lr)" in row["error"], refused.stdout
+    smaller = tmp_path / "smaller"  # the same recipe as a proxy on part of the data is another run too
+    shutil.copytree(keep, smaller)
+    spec.write_text(json.dumps([entry]))
+    refused = subprocess.run(sweep_command(spec, tiny_png, tmp_path / "2.json", "--keep", str(smaller),
+                                           "--train-size", "20"), capture_output=True, text=True, timeout=300)
+    row = json.loads((tmp_path / "2.json").read_text())[0]
+    assert refused.returncode == 0 and "other settings (train_size)" in row["error"], refused.stdout
 
     spec.write_text(json.dumps([entry]))
     second = subprocess.run(sweep_command(spec, tiny_png, tmp_path / "3.json", "--keep", str(keep)),
