@@ -1,4 +1,4 @@
-"""Export: ONNX checked with onnxruntime on 1,000 real images, safetensors, TorchScript, torch.hub."""
+"""Export: ONNX checked with onnxruntime on 1,000 real images, safetensors, torch.export, TorchScript, torch.hub."""
 
 from __future__ import annotations
 
@@ -37,12 +37,17 @@ def test_onnx_matches_pytorch_on_1000_real_images(checkpoint: Path, tmp_path: Pa
     print(result.stdout)
 
 
-def test_safetensors_and_torchscript_give_the_same_outputs(checkpoint: Path, tmp_path: Path) -> None:
+def test_safetensors_pt2_and_torchscript_give_the_same_outputs(checkpoint: Path, tmp_path: Path) -> None:
     x = torch.rand(5, 3, 32, 32)
     ref = load_model(checkpoint)(x)
     st = tmp_path / "w.safetensors"
     assert run_cli("export", str(checkpoint), "--format", "safetensors", "--out", str(st)).returncode == 0
     assert torch.equal(load_model(st)(x), ref)
+    pt2 = tmp_path / "m.pt2"
+    assert run_cli("export", str(checkpoint), "--format", "pt2", "--out", str(pt2)).returncode == 0
+    program = torch.export.load(str(pt2)).module()
+    torch.testing.assert_close(program(x), ref)  # 5 images, exported with 2: the batch size is free
+    torch.testing.assert_close(program(x[:1]), ref[:1])
     ts = tmp_path / "m.pt"
     assert run_cli("export", str(checkpoint), "--format", "torchscript", "--out", str(ts)).returncode == 0
     torch.testing.assert_close(torch.jit.load(str(ts))(x), ref)

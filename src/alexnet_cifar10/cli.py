@@ -102,7 +102,7 @@ def build_parser() -> Parser:
                        help="torch.compile the model in the project's step (not in the seed-style baseline)")
     bench.add_argument("--no-seed-style", action="store_true", help="skip the DataLoader baseline")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors or TorchScript")
+    ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors, torch.export (pt2) or TorchScript")
     ex.add_argument("checkpoint")
     ex.add_argument("--format", choices=FORMATS, required=True)
     ex.add_argument("--out", required=True, help="output file")

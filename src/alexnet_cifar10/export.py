@@ -1,4 +1,4 @@
-"""Export a trained model: ONNX (checked with onnxruntime), safetensors, TorchScript.
+"""Export a trained model: ONNX (checked with onnxruntime), safetensors, torch.export (.pt2), TorchScript.
 
 Every format takes the same input as ``load_model``: float RGB images in [0, 1], N x 3 x 32 x 32;
 normalisation is inside the model.
@@ -19,7 +19,7 @@ from alexnet_cifar10.checkpoint import model_from_state, trained_state
 from alexnet_cifar10.errors import CheckpointError, ConfigError
 from alexnet_cifar10.io import atomic_write
 
-FORMATS = ("onnx", "safetensors", "torchscript")
+FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
 
 
 @dataclass
@@ -79,6 +79,14 @@ def export_safetensors(state: dict, out: Path) -> None:
     _write_via_temp(out, lambda p: st.save_file(tensors, str(p), metadata=metadata))
 
 
+def export_pt2(model: nn.Module, out: Path) -> None:
+    """torch.export's ExportedProgram, any batch size: ``torch.export.load(path).module()(images)``. It is
+    what PyTorch offers in place of TorchScript, which torch 2.13 deprecates."""
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (torch.rand(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    _write_via_temp(out, lambda p: torch.export.save(program, str(p)))
+
+
 def export_torchscript(model: nn.Module, out: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,6 +109,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
         export_onnx(model, out)
     elif fmt == "safetensors":
         export_safetensors(state, out)
+    elif fmt == "pt2":
+        export_pt2(model, out)
     else:
         export_torchscript(model, out)
     return model
