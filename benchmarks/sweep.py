@@ -28,6 +28,8 @@ from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.models import register
 from alexnet_cifar10.training import RESUME_OVERRIDES
 
+SIZES = "sweep-sizes.json"  # a kept run's proxy data sizes, beside its config.json
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -91,9 +93,6 @@ def stopped_run(folder: Path, config: Config, sizes: dict[str, int]) -> Path | N
     if differ:
         raise ConfigError(f"{folder} holds a stopped run with other settings ({', '.join(differ)}); move it away")
     return folder
-
-
-SIZES = "sweep-sizes.json"
 
 
 def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_val_size: int = 0) -> dict:
