@@ -22,6 +22,11 @@ from alexnet_cifar10.io import atomic_write
 FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
 
 
+def _example_batch() -> torch.Tensor:
+    """What the exporters trace with: 2 images, so the batch dimension is not taken for a constant 1."""
+    return torch.rand(2, 3, 32, 32)
+
+
 @dataclass
 class OnnxCheck:
     images: int
@@ -47,11 +52,10 @@ def _write_via_temp(out: Path, write) -> None:  # noqa: ANN001 - write(path)
 
 
 def export_onnx(model: nn.Module, out: Path) -> None:
-    dummy = torch.rand(2, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _write_via_temp(out, lambda p: torch.onnx.export(
-            model, (dummy,), str(p), dynamo=False, input_names=["images"], output_names=["logits"],
+            model, (_example_batch(),), str(p), dynamo=False, input_names=["images"], output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17))
 
 
@@ -83,14 +87,14 @@ def export_pt2(model: nn.Module, out: Path) -> None:
     """torch.export's ExportedProgram, any batch size: ``torch.export.load(path).module()(images)``. It is
     what PyTorch offers in place of TorchScript, which torch 2.13 deprecates."""
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(model, (torch.rand(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    program = torch.export.export(model, (_example_batch(),), dynamic_shapes=({0: batch},))
     _write_via_temp(out, lambda p: torch.export.save(program, str(p)))
 
 
 def export_torchscript(model: nn.Module, out: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, torch.rand(2, 3, 32, 32))
+        traced = torch.jit.trace(model, _example_batch())
     _write_via_temp(out, lambda p: traced.save(str(p)))
 
 
