@@ -112,6 +112,7 @@ _K5_CONVS = ((64, 5, 1), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
 _WIDE_CONVS = ((96, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1))
 _FAST_CONVS = ((32, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
 _FAST64_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
+_BIG_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (512, 3, 1), (512, 3, 1))
 
 def register_with_bn(name: str, description: str, **kwargs: object) -> None:
     """Register ``name`` and its twin ``name_bn`` with BatchNorm after each convolution."""
@@ -146,6 +147,12 @@ register(
     "alexnet_fast_bn with each max-pool straight after its convolution, before BatchNorm and ReLU (airbench's "
     "order): the same FLOPs in the convolutions, less memory traffic around them",
     convs=_FAST_CONVS, pool_after=(0, 1, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
+)
+register(
+    "alexnet_big_pool_first_bn",
+    "a bf16-CPU-sized alexnet (538 MFLOPs): 3x3 convs 64-128-256-512-512, the first two at full resolution, "
+    "max-pools after conv 2, 3, 4 and 5, each before its BatchNorm and ReLU, 2048-1024-1024 classifier",
+    convs=_BIG_CONVS, pool_after=(1, 2, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
 )
 register_with_bn(
     "alexnet_fast64",
