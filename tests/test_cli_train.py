@@ -306,3 +306,48 @@ def test_bn_momentum_reaches_every_batchnorm(tiny_png: Path, tmp_path: Path) -> 
                          model="alexnet_fast_bn", bn_momentum=0.4, out=str(tmp_path / "run"))
     bns = [m for m in train(config).model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 5 and all(m.momentum == 0.4 for m in bns)
+
+
+@pytest.mark.parametrize(("capabilities", "expected"), [
+    ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
+    ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),
+    ({"avx512_bf16": False, "amx_bf16": False}, "fp32"),
+    ({}, "fp32"),
+])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(capabilities: dict, expected: str, tiny_png: Path,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--precision auto resolves once, and config.json (which a resume reads) records what the run computed in."""
+    from alexnet_cifar10 import train
+    from alexnet_cifar10.training import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    config = make_config(data=str(tiny_png), val_size=20, batch_size=16, epochs=1, threads=1, progress=False,
+                         model="alexnet_tiny", precision="auto", out=str(tmp_path / "run"))
+    train(config)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == expected
+
+
+def test_bf16_warns_only_on_a_cpu_that_emulates_it(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet_cifar10.errors import ConfigError
+    from alexnet_cifar10.training import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert resolve_precision("bf16", cpu) == "bf16" and capsys.readouterr().err == ""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False})
+    assert resolve_precision("bf16", cpu) == "bf16"
+    assert "emulated" in capsys.readouterr().err
+    assert resolve_precision("fp32", cpu) == "fp32" and capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu)
+
+
+def test_benchmark_accepts_auto_precision(tiny_png: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_cli("benchmark", "--data", str(tiny_png), "--model", "alexnet_tiny", "--precision", "auto",
+                     "--batch-size", "8", "--steps", "1", "--repeats", "1", "--no-seed-style", "--val-size", "20",
+                     "--device", "cpu", "--threads", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["precision"] in ("bf16", "fp32")

@@ -282,7 +282,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.errors import ConfigError
     from alexnet_cifar10.io import atomic_write_text
     from alexnet_cifar10.models import create_model
-    from alexnet_cifar10.training import check_precision, select_device, set_threads
+    from alexnet_cifar10.training import resolve_precision, select_device, set_threads
 
     for name in ("steps", "repeats", "batch_size"):
         at_least(getattr(args, name), 1, name.replace("_", "-"))
@@ -291,12 +291,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     create_model(args.model)  # an unknown name fails here, before the data loads
     device = select_device(args.device)
-    check_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device)
     set_threads(args.threads)
     split = load_data(args).sample_split()
     if args.batch_size > len(split):
         raise ConfigError(f"--batch-size {args.batch_size} is larger than the {len(split)} images to benchmark on")
-    result = run_benchmark(split.images, split.labels, model_name=args.model, precision=args.precision,
+    result = run_benchmark(split.images, split.labels, model_name=args.model, precision=precision,
                            batch_size=args.batch_size, device=device, steps=args.steps, repeats=args.repeats,
                            seed_style=not args.no_seed_style, compile=args.compile)
     print(format_table(result))

@@ -17,7 +17,7 @@ from alexnet_cifar10.errors import ConfigError
 
 DEFAULT_DATA = "data"  # the folder a plain `train` reads, and downloads into when it is absent
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
@@ -68,7 +68,8 @@ class Config:
     # run
     seed: int = _f(0, "seed of weights, data order, augmentation and dropout")
     device: str = _f("auto", "training device", DEVICES)
-    precision: str = _f("fp32", "arithmetic precision", PRECISIONS)
+    precision: str = _f("fp32", "arithmetic precision; auto: bf16 where the hardware computes it natively (a CUDA "
+                        "GPU with bf16, a CPU with AVX-512-BF16 or AMX), else fp32", PRECISIONS)
     channels_last: bool = _f(True, "channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
     threads: int = _f(0, "CPU threads (0: one per core)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import math
@@ -94,13 +95,27 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_precision(precision: str, device: torch.device) -> None:
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX-512-BF16 or AMX.
+    A CPU without them emulates bf16 at a fraction of its fp32 speed (BENCHMARKS.md)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run computes in: ``auto`` becomes bf16 where ``device`` does it natively, else fp32.
+    fp16 without CUDA is refused; bf16 on a CPU that only emulates it is allowed, with a warning."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
-    capability = torch.backends.cpu.get_cpu_capability()
-    if precision == "bf16" and device.type == "cpu" and "AVX512" not in capability:
-        print(f"warning: this CPU offers {capability} but no AVX-512/bf16 instructions: bf16 is emulated and "
-              "much slower than fp32 here (see BENCHMARKS.md)", file=sys.stderr)
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        print(f"warning: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 instructions "
+              "(AVX-512-BF16 or AMX): bf16 is emulated and much slower than fp32 here (see BENCHMARKS.md)",
+              file=sys.stderr)
+    return precision
 
 
 def set_threads(threads: int) -> None:
@@ -280,7 +295,8 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         check_resume_model(config, state, checkpoint_file)
     config.validate()
     device = select_device(config.device)
-    check_precision(config.precision, device)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))  # config.json
+    # and the checkpoints record what the run computed in, so a resume keeps it
     d, device = distributed.setup(device)
     try:
         return _train(config, state, data, device, d, cache_dir)
