@@ -268,18 +268,21 @@ def test_published_recipes_keep_their_settings() -> None:
         c = make_config(recipe)
         return (c.model, c.optimizer, c.lr, c.batch_size, c.dropout, c.schedule, c.weight_decay,
                 c.label_smoothing, c.crop_pad, c.flip, c.epochs, c.whiten, c.alternate_flip, c.tta, c.tta_shift,
-                c.ema, c.lookahead, c.decay_norm_bias, c.dirac_init, c.norm_bias_lr_scale, c.bn_momentum)
+                c.ema, c.lookahead, c.decay_norm_bias, c.dirac_init, c.norm_bias_lr_scale, c.bn_momentum,
+                c.precision)
 
-    plain = (False, False, False, 0, 0.0, False, True, False, 1.0, 0.1)  # no whitening, random flips, no TTA, no
-    # averages, default initialisation and parameter groups
+    plain = (False, False, False, 0, 0.0, False, True, False, 1.0, 0.1, "fp32")  # no whitening, random flips, no
+    # TTA, no averages, default initialisation and parameter groups, fp32
     assert key("seed") == ("alexnet_fast_bn", "adam", 1e-3, 128, 0.25, "constant", 0.0, 0.0, 4, True, 20, *plain)
     assert key("seed-alexnet-bn") == ("alexnet_bn", "adam", 1e-3, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20,
                                       *plain)
     assert key("seed-no-bn") == ("alexnet", "adam", 3e-4, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20, *plain)
-    assert key("best") == ("alexnet_fast_pool_first_bn", "sgd", 0.2, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20,
-                           False, True, True, 1, 0.0, True, False, False, 1.0, 0.1)
+    pool_first = ("sgd", 0.2, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20, False, True, True, 1, 0.0, True, False,
+                  False, 1.0, 0.1)
+    assert key("best") == ("alexnet_big_pool_first_bn", *pool_first, "auto")
+    assert key("best-alexnet-fast-pool-first-bn") == ("alexnet_fast_pool_first_bn", *pool_first, "fp32")
     assert key("best-alexnet-fast-bn") == ("alexnet_fast_bn", "sgd", 0.1, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True,
-                                           20, False, False, True, 1, 0.0, False, True, False, 1.0, 0.1)
+                                           20, False, False, True, 1, 0.0, False, True, False, 1.0, 0.1, "fp32")
 
 
 def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:
