@@ -353,4 +353,6 @@ def test_benchmark_accepts_auto_precision(tiny_png: Path, tmp_path: Path) -> Non
                      "--batch-size", "8", "--steps", "1", "--repeats", "1", "--no-seed-style", "--val-size", "20",
                      "--device", "cpu", "--threads", "1", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    assert json.loads(out.read_text())["precision"] in ("bf16", "fp32")
+    r = json.loads(out.read_text())
+    native = r["machine"].endswith("bf16 native")  # the machine line says which way auto went, and why
+    assert r["precision"] == ("bf16" if native else "fp32") and (native or r["machine"].endswith("bf16 emulated"))

@@ -19,7 +19,7 @@ from alexnet_cifar10.config import Config
 from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.evaluation import autocast
 from alexnet_cifar10.models import create_model, forward_flops
-from alexnet_cifar10.training import mean_std
+from alexnet_cifar10.training import mean_std, native_bf16
 
 
 class SeedStyleDataset(Dataset):
@@ -156,7 +156,8 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
         "device": str(device),
         "machine": (torch.cuda.get_device_name(device) if device.type == "cuda"
                     else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"),
+                         f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+                         f"bf16 {'native' if native_bf16(device) else 'emulated'}"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

@@ -181,7 +181,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "seed-no-bn": {"model": "alexnet", "lr": 3e-4, "dropout": 0.5},
     # the same training on a network 3.4 times the size, which bf16 makes fit the 90 CPU minutes: 90.58 % val on
     # the 2-core CPU (AVX-512-BF16) in about 83 min (results/best/), short of the 91.5 % goal. On hardware
-    # without native bf16, auto computes in fp32, about 2.5 times slower on the CPU.
+    # without native bf16, auto computes in fp32, about twice as slow on the CPU.
     "best": {
         **_BEST_ALEXNET_FAST_POOL_FIRST_BN,
         "model": "alexnet_big_pool_first_bn",
