@@ -99,7 +99,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX-512-BF16 or AMX.
     A CPU without them emulates bf16 at a fraction of its fp32 speed (BENCHMARKS.md)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
@@ -295,8 +295,8 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         check_resume_model(config, state, checkpoint_file)
     config.validate()
     device = select_device(config.device)
-    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))  # config.json
-    # and the checkpoints record what the run computed in, so a resume keeps it
+    # config.json and the checkpoints record what the run computes in, not "auto": a resume keeps it
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
     d, device = distributed.setup(device)
     try:
         return _train(config, state, data, device, d, cache_dir)
