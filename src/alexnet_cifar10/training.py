@@ -100,7 +100,8 @@ def native_bf16(device: torch.device) -> bool:
     A CPU without them emulates bf16 at a fraction of its fp32 speed (BENCHMARKS.md)."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later
-    capabilities = torch.cpu.get_capabilities()
+    probe = getattr(torch.cpu, "get_capabilities", None)  # newer than the oldest torch we accept
+    capabilities = probe() if probe is not None else {}
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
