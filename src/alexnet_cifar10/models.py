@@ -113,6 +113,7 @@ _WIDE_CONVS = ((96, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1))
 _FAST_CONVS = ((32, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
 _FAST64_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
 _BIG_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (512, 3, 1), (512, 3, 1))
+_HIRES_CONVS = ((64, 3, 1), (192, 3, 1), (256, 3, 1), (384, 3, 1), (256, 3, 1))
 
 def register_with_bn(name: str, description: str, **kwargs: object) -> None:
     """Register ``name`` and its twin ``name_bn`` with BatchNorm after each convolution."""
@@ -153,6 +154,12 @@ register(
     "a bf16-CPU-sized alexnet (538 MFLOPs): 3x3 convs 64-128-256-512-512, the first two at full resolution, "
     "max-pools after conv 2, 3, 4 and 5, each before its BatchNorm and ReLU, 2048-1024-1024 classifier",
     convs=_BIG_CONVS, pool_after=(1, 2, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
+)
+register(
+    "alexnet_hires_pool_first_bn",
+    "alexnet_big_pool_first_bn with its FLOPs moved up the resolutions (602 MFLOPs): 3x3 convs 64-192-256-384-256, "
+    "wider at 32x32 and 16x16, narrower at 8x8 and 4x4, where the CPU's backward pass is slowest per FLOP",
+    convs=_HIRES_CONVS, pool_after=(1, 2, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
 )
 register_with_bn(
     "alexnet_fast64",
