@@ -92,7 +92,8 @@ def build_parser() -> Parser:
     bench = sub.add_parser("benchmark", help="training throughput: real loop vs compute-only vs seed-style; MFU")
     add_data_flags(bench)
     bench.add_argument("--model", default=Config.model, help="default: the seed recipe's")
-    bench.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    precision_help = next(f for f in fields(Config) if f.name == "precision").metadata["help"]
+    bench.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"{precision_help} (default fp32)")
     bench.add_argument("--batch-size", type=int, default=128)
     bench.add_argument("--device", choices=DEVICES, default="auto")
     bench.add_argument("--steps", type=int, default=10, help="timed steps per measurement (warm-up excluded)")
