@@ -27,7 +27,9 @@ class AlexNet(nn.Module):
     ``convs`` lists (out_channels, kernel, stride) per convolution; ``pool_after`` the 0-based
     convolutions followed by a max-pool; ``pool_first`` pools straight after the convolution, before
     BatchNorm and ReLU (airbench's order: BatchNorm and ReLU then touch a quarter of the values).
-    ``input_size`` > 32 upsamples inputs on the device (the original 224-pixel network).
+    ``pool`` is (kernel, stride); ``pool_padding`` 1 with (3, 2) gives AlexNet's overlapping pools at the
+    same output sizes as (2, 2). ``input_size`` > 32 upsamples inputs on the device (the original
+    224-pixel network).
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class AlexNet(nn.Module):
         convs: Sequence[tuple[int, int, int]] = _SEED_CONVS,
         pool_after: Sequence[int] = (0, 1, 4),
         pool: tuple[int, int] = (2, 2),
+        pool_padding: int = 0,
         pool_output: int = 2,
         hidden: int = 1024,
         dropout: float = 0.5,
@@ -53,7 +56,7 @@ class AlexNet(nn.Module):
         in_ch = 3
         for i, (out_ch, kernel, stride) in enumerate(convs):
             layers.append(nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, bias=not batch_norm))
-            pooling = [nn.MaxPool2d(kernel_size=pool[0], stride=pool[1])] if i in pool_after else []
+            pooling = [nn.MaxPool2d(pool[0], pool[1], pool_padding)] if i in pool_after else []
             if pool_first:
                 layers += pooling
             if batch_norm:
@@ -154,6 +157,13 @@ register(
     "a bf16-CPU-sized alexnet (538 MFLOPs): 3x3 convs 64-128-256-512-512, the first two at full resolution, "
     "max-pools after conv 2, 3, 4 and 5, each before its BatchNorm and ReLU, 2048-1024-1024 classifier",
     convs=_BIG_CONVS, pool_after=(1, 2, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
+)
+register(
+    "alexnet_big_overlap_pool_bn",
+    "alexnet_big_pool_first_bn with AlexNet's overlapping max-pools (3x3 windows at stride 2, padded by 1, so "
+    "the same 16-8-4-2 sizes and the same FLOPs): neighbouring windows share a row and a column",
+    convs=_BIG_CONVS, pool_after=(1, 2, 3, 4), pool=(3, 2), pool_padding=1, hidden=1024, batch_norm=True,
+    pool_first=True,
 )
 register(
     "alexnet_hires_pool_first_bn",
