@@ -113,6 +113,25 @@ def test_classic_uses_the_224_pixel_layout() -> None:
     assert forward_flops(model) > 1e9
 
 
+def test_overlapping_pools_keep_the_sizes_and_share_their_borders() -> None:
+    def pool_sizes(name: str) -> list[tuple[int, ...]]:
+        model, sizes = create_model(name).eval(), []
+        for m in model.modules():
+            if isinstance(m, torch.nn.MaxPool2d):
+                m.register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape)))
+        with torch.no_grad():
+            model(torch.rand(1, 3, 32, 32))
+        return sizes
+
+    assert pool_sizes("alexnet_big_overlap_pool_bn") == pool_sizes("alexnet_big_pool_first_bn")
+    assert forward_flops(create_model("alexnet_big_overlap_pool_bn")) == forward_flops(
+        create_model("alexnet_big_pool_first_bn"))
+    pool = next(m for m in create_model("alexnet_big_overlap_pool_bn").modules() if isinstance(m, torch.nn.MaxPool2d))
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 1, 1] = 1.0  # on the border of four 3x3 windows at stride 2, inside one 2x2 window
+    assert pool(x).shape == (1, 1, 4, 4) and int(pool(x).sum()) == 4
+
+
 def test_bf16_and_fp32_losses_agree() -> None:
     torch.manual_seed(0)
     model = create_model("alexnet", dropout=0.0).eval()
