@@ -59,16 +59,21 @@ def main() -> None:
         if time.perf_counter() - start + last * 1.1 > args.budget:
             print(f"skip {run['name']}: out of budget", flush=True)
             continue
-        overrides = {"device": args.device, "precision": args.precision, "progress": False, **run["config"]}
-        if "arch" in run:  # an ad-hoc architecture; otherwise the config's (or its recipe's) model
-            overrides["model"] = f"sweep_{run['name']}"
-            register(overrides["model"], "sweep candidate", **run["arch"])
-        config = make_config(overrides.pop("recipe", "seed"), **overrides)
+        config = entry_config(run, args.device, args.precision)
         t0 = time.perf_counter()
         row = run_one(run, config, data, args.keep, args.epoch_val_size)
         last = row["seconds"] = time.perf_counter() - t0
         results.append(row)
         Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+def entry_config(run: dict, device: str, precision: str) -> Config:
+    """One spec entry's Config; an entry with an ad-hoc architecture registers it as its model first."""
+    overrides = {"device": device, "precision": precision, "progress": False, **run["config"]}
+    if "arch" in run:  # otherwise the config's (or its recipe's) model
+        overrides["model"] = f"sweep_{run['name']}"
+        register(overrides["model"], "sweep candidate", **run["arch"])
+    return make_config(overrides.pop("recipe", "seed"), **overrides)
 
 
 def part(split: Split, size: int) -> Split:

@@ -3,6 +3,7 @@ asserted (they are measured and written down in BENCHMARKS.md), only that each n
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -13,7 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, run_cli
+
+from alexnet_cifar10 import models
 
 FLAGS = ("--val-size", "20", "--model", "alexnet_tiny", "--batch-size", "8", "--steps", "2", "--repeats", "1",
          "--threads", "1")
@@ -42,6 +46,21 @@ def test_benchmark_writes_its_table_and_json(tiny_png: Path, tmp_path: Path, ext
 def sweep_command(spec: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "benchmarks" / "sweep.py"), str(spec), "--data", str(data), "--out", str(out),
             "--val-size", "20", "--device", "cpu", "--precision", "fp32", *extra]
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "benchmarks").glob("*.json")), ids=lambda p: p.name)
+def test_every_published_sweep_entry_builds_its_config_and_network(spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in a spec would surface only on a lent GPU, minutes into its time: build every entry here."""
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # the entries' ad-hoc networks stay local
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    sweep = importlib.import_module("sweep")
+    runs = json.loads(spec.read_text())
+    assert runs and len({run["name"] for run in runs}) == len(runs)
+    for run in runs:
+        config = sweep.entry_config(run, "cpu", "bf16")
+        model = models.create_model(config.model, dropout=config.dropout)
+        with torch.no_grad():
+            assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 10), run["name"]
 
 
 def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: Path, tmp_path: Path) -> None:
