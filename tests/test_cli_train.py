@@ -279,7 +279,8 @@ def test_published_recipes_keep_their_settings() -> None:
     assert key("seed-no-bn") == ("alexnet", "adam", 3e-4, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20, *plain)
     pool_first = ("sgd", 0.2, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20, False, True, True, 1, 0.0, True, False,
                   False, 1.0, 0.1)
-    assert key("best") == ("alexnet_big_pool_first_bn", *pool_first, "auto")
+    assert key("best") == ("alexnet_big_overlap_pool_bn", *pool_first, "auto")
+    assert key("best-alexnet-big-pool-first-bn") == ("alexnet_big_pool_first_bn", *pool_first, "auto")
     assert key("best-alexnet-fast-pool-first-bn") == ("alexnet_fast_pool_first_bn", *pool_first, "fp32")
     assert key("best-alexnet-fast-bn") == ("alexnet_fast_bn", "sgd", 0.1, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True,
                                            20, False, False, True, 1, 0.0, False, True, False, 1.0, 0.1, "fp32")
