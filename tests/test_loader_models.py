@@ -114,19 +114,22 @@ def test_classic_uses_the_224_pixel_layout() -> None:
 
 
 def test_overlapping_pools_keep_the_sizes_and_share_their_borders() -> None:
-    def pool_sizes(name: str) -> list[tuple[int, ...]]:
-        model, sizes = create_model(name).eval(), []
-        for m in model.modules():
-            if isinstance(m, torch.nn.MaxPool2d):
-                m.register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape)))
+    overlap = create_model("alexnet_big_overlap_pool_bn").eval()
+    square = create_model("alexnet_big_pool_first_bn").eval()
+
+    def pool_sizes(model: torch.nn.Module) -> list[tuple[int, ...]]:
+        sizes: list[tuple[int, ...]] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape)))
+                 for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
         with torch.no_grad():
             model(torch.rand(1, 3, 32, 32))
+        for hook in hooks:
+            hook.remove()
         return sizes
 
-    assert pool_sizes("alexnet_big_overlap_pool_bn") == pool_sizes("alexnet_big_pool_first_bn")
-    assert forward_flops(create_model("alexnet_big_overlap_pool_bn")) == forward_flops(
-        create_model("alexnet_big_pool_first_bn"))
-    pool = next(m for m in create_model("alexnet_big_overlap_pool_bn").modules() if isinstance(m, torch.nn.MaxPool2d))
+    assert pool_sizes(overlap) == pool_sizes(square)
+    assert forward_flops(overlap) == forward_flops(square)
+    pool = next(m for m in overlap.modules() if isinstance(m, torch.nn.MaxPool2d))
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, 1, 1] = 1.0  # on the border of four 3x3 windows at stride 2, inside one 2x2 window
     assert pool(x).shape == (1, 1, 4, 4) and int(pool(x).sum()) == 4

@@ -117,6 +117,8 @@ _FAST_CONVS = ((32, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
 _FAST64_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
 _BIG_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (512, 3, 1), (512, 3, 1))
 _HIRES_CONVS = ((64, 3, 1), (192, 3, 1), (256, 3, 1), (384, 3, 1), (256, 3, 1))
+# what the big networks share: pools after conv 2, 3, 4 and 5, each before its BatchNorm and ReLU, and the classifier
+_BIG_LAYOUT: dict[str, object] = {"pool_after": (1, 2, 3, 4), "hidden": 1024, "batch_norm": True, "pool_first": True}
 
 def register_with_bn(name: str, description: str, **kwargs: object) -> None:
     """Register ``name`` and its twin ``name_bn`` with BatchNorm after each convolution."""
@@ -156,20 +158,19 @@ register(
     "alexnet_big_pool_first_bn",
     "a bf16-CPU-sized alexnet (538 MFLOPs): 3x3 convs 64-128-256-512-512, the first two at full resolution, "
     "max-pools after conv 2, 3, 4 and 5, each before its BatchNorm and ReLU, 2048-1024-1024 classifier",
-    convs=_BIG_CONVS, pool_after=(1, 2, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
+    convs=_BIG_CONVS, **_BIG_LAYOUT,
 )
 register(
     "alexnet_big_overlap_pool_bn",
     "alexnet_big_pool_first_bn with AlexNet's overlapping max-pools (3x3 windows at stride 2, padded by 1, so "
     "the same 16-8-4-2 sizes and the same FLOPs): neighbouring windows share a row and a column",
-    convs=_BIG_CONVS, pool_after=(1, 2, 3, 4), pool=(3, 2), pool_padding=1, hidden=1024, batch_norm=True,
-    pool_first=True,
+    convs=_BIG_CONVS, pool=(3, 2), pool_padding=1, **_BIG_LAYOUT,
 )
 register(
     "alexnet_hires_pool_first_bn",
     "alexnet_big_pool_first_bn with its FLOPs moved up the resolutions (602 MFLOPs): 3x3 convs 64-192-256-384-256, "
     "wider at 32x32 and 16x16, narrower at 8x8 and 4x4, where the CPU's backward pass is slowest per FLOP",
-    convs=_HIRES_CONVS, pool_after=(1, 2, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
+    convs=_HIRES_CONVS, **_BIG_LAYOUT,
 )
 register_with_bn(
     "alexnet_fast64",
