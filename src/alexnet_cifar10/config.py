@@ -170,7 +170,7 @@ _BEST_ALEXNET_FAST_POOL_FIRST_BN: dict[str, Any] = {
     "alternate_flip": True,
 }
 
-# The `best` preset of 2026-12-02 until 23:00 UTC, kept as "best-alexnet-big-pool-first-bn": the same training on a
+# The `best` preset of 2026-12-02 until 22:46 UTC, kept as "best-alexnet-big-pool-first-bn": the same training on a
 # network 3.4 times the size, which bf16 makes fit the 90 CPU minutes (90.58 % val on the 2-core CPU with
 # AVX-512-BF16 in about 83 min). On hardware without native bf16, auto computes in fp32, about twice as slow there.
 _BEST_ALEXNET_BIG_POOL_FIRST_BN: dict[str, Any] = {
