@@ -7,24 +7,31 @@ TORCH_SPEC ?= torch
 DATA       ?= data
 ARGS       ?=
 BIN        := $(VENV)/bin
-STAMP      := $(VENV)/.installed
+INSTALLED  := $(VENV)/.installed
+EXTRAS     := $(VENV)/.installed-extras
 
 .PHONY: train test lint clean
 
-$(STAMP): pyproject.toml
+# training needs the package and its dependencies (safetensors for the shipped weights and model.safetensors)
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,export,notebook]"
-	touch $(STAMP)
+	$(BIN)/pip install -q -e .
+	touch $(INSTALLED)
 
-train: $(STAMP)
+# the tests also need the test tools, the exporters and the notebook runner
+$(EXTRAS): $(INSTALLED)
+	$(BIN)/pip install -q -e ".[dev,export,notebook]"
+	touch $(EXTRAS)
+
+train: $(INSTALLED)
 	$(BIN)/alexnet-cifar10 train --data "$(DATA)" $(ARGS)
 
-test: $(STAMP)
+test: $(EXTRAS)
 	$(BIN)/ruff check src tests benchmarks notebooks hubconf.py
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(EXTRAS)
 	$(BIN)/ruff check src tests benchmarks notebooks hubconf.py
 
 clean:

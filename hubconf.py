@@ -15,10 +15,11 @@ if _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
 
-def alexnet_cifar10(weights=None, variant="alexnet_fast_bn", map_location="cpu"):  # noqa: ANN001, ANN201
+def alexnet_cifar10(weights=None, variant="alexnet_narrow_bn", map_location="cpu"):  # noqa: ANN001, ANN201
     """An AlexNet variant for CIFAR-10, in eval mode.
 
-    weights: a checkpoint (.pt) or .safetensors path or URL, loaded through the project's safe loader
+    weights: "seed" or "best" (trained weights shipped with the package), or a checkpoint (.pt) or .safetensors
+    path or URL, loaded through the project's safe loader
     (tensors and plain values only); None gives the untrained ``variant``.
     """
     import torch

@@ -25,7 +25,7 @@ from alexnet_cifar10 import Cifar10, Config, evaluate, load_cifar10, make_config
 from alexnet_cifar10.config import load_config
 from alexnet_cifar10.data.splits import Split, stratified_split
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
-from alexnet_cifar10.models import register
+from alexnet_cifar10.models import MODELS, ModelSpec
 from alexnet_cifar10.training import RESUME_OVERRIDES
 
 SIZES = "sweep-sizes.json"  # a kept run's proxy data sizes, beside its config.json
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget", type=float, default=1e9, help="seconds for the whole sweep")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th entry from the i-th")
     parser.add_argument("--train-size", type=int, default=0,
@@ -72,7 +72,7 @@ def entry_config(run: dict, device: str, precision: str) -> Config:
     overrides = {"device": device, "precision": precision, "progress": False, **run["config"]}
     if "arch" in run:  # otherwise the config's (or its recipe's) model
         overrides["model"] = f"sweep_{run['name']}"
-        register(overrides["model"], "sweep candidate", **run["arch"])
+        MODELS[overrides["model"]] = ModelSpec(overrides["model"], "sweep candidate", run["arch"])
     return make_config(overrides.pop("recipe", "seed"), **overrides)
 
 

@@ -50,7 +50,7 @@ def sweep_command(spec: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("spec", sorted((REPO / "benchmarks").glob("*.json")), ids=lambda p: p.name)
 def test_every_published_sweep_entry_builds_its_config_and_network(spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A typo in a spec would surface only on a lent GPU, minutes into its time: build every entry here."""
+    """A typo in a spec would surface only minutes into a sweep: build every entry here."""
     monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # the entries' ad-hoc networks stay local
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     sweep = importlib.import_module("sweep")
@@ -64,7 +64,7 @@ def test_every_published_sweep_entry_builds_its_config_and_network(spec: Path, m
 
 
 def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: Path, tmp_path: Path) -> None:
-    """benchmarks/sweep.py runs on a lent GPU with no chance to debug it there: one tiny sweep here."""
+    """benchmarks/sweep.py end to end: one tiny sweep."""
     spec = tmp_path / "spec.json"
     common = {"epochs": 1, "batch_size": 16, "threads": 1, "tta": True}
     spec.write_text(json.dumps([
@@ -87,8 +87,8 @@ def test_sweep_script_trains_each_entry_and_records_every_evaluation(tiny_png: P
 
 
 def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tiny_png: Path, tmp_path: Path) -> None:
-    """sweep.sh stops each run with SIGTERM at SWEEP_SECONDS: the kept last.pt lets the next sweep finish it, and
-    a stopped run with other settings or other proxy data sizes is refused, never resumed."""
+    """A sweep stopped with SIGTERM (e.g. by timeout(1)) keeps last.pt, and the next sweep with the same --keep
+    finishes it; a stopped run with other settings or other proxy data sizes is refused, never resumed."""
     spec, keep = tmp_path / "spec.json", tmp_path / "keep"
     entry = {"name": "long", "config": {"epochs": 30, "batch_size": 8, "threads": 1, "model": "alexnet_tiny"}}
     spec.write_text(json.dumps([entry]))
@@ -98,7 +98,7 @@ def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tin
     end = time.monotonic() + 300
     while not (keep / "long" / "last.pt").exists() and first.poll() is None and time.monotonic() < end:
         time.sleep(0.01)
-    first.send_signal(signal.SIGTERM)  # what timeout(1) in sweep.sh sends
+    first.send_signal(signal.SIGTERM)  # what timeout(1) sends
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     stopped = json.loads((tmp_path / "1.json").read_text())[0]

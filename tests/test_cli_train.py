@@ -107,8 +107,8 @@ def test_resume_refuses_a_hostile_config_json_in_one_line(trained_run: Path, tmp
 def test_whitened_first_layer_stays_frozen_through_training_and_resume(tiny_png: Path, tmp_path: Path) -> None:
     run = tmp_path / "w"
     # without lookahead: with it, a run of under five steps ends on its starting weights (airbench's rule)
-    first = run_cli("train", "--recipe", "best-alexnet-fast-bn", "--whiten", "--epochs", "1", "--data", str(tiny_png),
-                    "--out", str(run), *TRAIN_FLAGS)
+    first = run_cli("train", "--recipe", "best", "--model", "alexnet_narrow_bn", "--no-lookahead", "--whiten",
+                    "--epochs", "1", "--data", str(tiny_png), "--out", str(run), *TRAIN_FLAGS)
     assert first.returncode == 0, first.stderr
     one = torch.load(run / "last.pt", weights_only=True)["model"]
     assert torch.equal(one["features.0.weight"][16:], -one["features.0.weight"][:16])  # the +/- pairs
@@ -205,8 +205,8 @@ def test_models_command_lists_computed_sizes() -> None:
     result = run_cli("models", "--json")
     assert result.returncode == 0
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert {"alexnet", "alexnet_bn", "alexnet_classic"} <= set(rows)
-    assert rows["alexnet_classic"]["mflops"] > rows["alexnet"]["mflops"] > 0
+    assert {"alexnet", "alexnet_narrow_bn", "alexnet_large_bn", "alexnet_224", "alexnet_tiny"} == set(rows)
+    assert rows["alexnet_224"]["mflops"] > rows["alexnet"]["mflops"] > 0
     assert rows["alexnet"]["params"] > 1e6
 
 
@@ -220,8 +220,10 @@ def test_models_command_lists_computed_sizes() -> None:
     ["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "0"],
     ["evaluate", "{ckpt}", "--data", "{data}", "--tta-shift", "9"],
     ["train", "--tta-shift", "-1", "--data", "x"],
-    ["train", "--model", "alexnet_bn", "--whiten", "--data", "x"],
-    ["train", "--model", "alexnet_classic", "--whiten", "--data", "x"],
+    ["train", "--model", "alexnet", "--whiten", "--data", "x"],
+    ["train", "--model", "alexnet_224", "--whiten", "--data", "x"],
+    ["train", "--recipe", "best", "--config", "{run}/config.json", "--data", "x"],
+    ["train", "--config", "{tmp}/missing.json", "--data", "x"],
     ["train", "--alternate-flip", "--no-flip", "--data", "x"],
     ["train", "--norm-bias-lr-scale", "0", "--data", "x"],
     ["train", "--norm-bias-lr-scale", "nan", "--data", "x"],
@@ -263,7 +265,7 @@ def test_every_recipe_is_valid_and_builds_its_model(recipe: str) -> None:
 
 
 def test_published_recipes_keep_their_settings() -> None:
-    """A published preset never changes meaning: runs made with it must stay repeatable."""
+    """A published recipe never changes meaning: runs made with it must stay repeatable."""
     def key(recipe: str) -> tuple:
         c = make_config(recipe)
         return (c.model, c.optimizer, c.lr, c.batch_size, c.dropout, c.schedule, c.weight_decay,
@@ -271,19 +273,36 @@ def test_published_recipes_keep_their_settings() -> None:
                 c.ema, c.lookahead, c.decay_norm_bias, c.dirac_init, c.norm_bias_lr_scale, c.bn_momentum,
                 c.precision)
 
-    plain = (False, False, False, 0, 0.0, False, True, False, 1.0, 0.1, "fp32")  # no whitening, random flips, no
-    # TTA, no averages, default initialisation and parameter groups, fp32
-    assert key("seed") == ("alexnet_fast_bn", "adam", 1e-3, 128, 0.25, "constant", 0.0, 0.0, 4, True, 20, *plain)
-    assert key("seed-alexnet-bn") == ("alexnet_bn", "adam", 1e-3, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20,
-                                      *plain)
-    assert key("seed-no-bn") == ("alexnet", "adam", 3e-4, 128, 0.5, "constant", 0.0, 0.0, 4, True, 20, *plain)
-    pool_first = ("sgd", 0.2, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20, False, True, True, 1, 0.0, True, False,
-                  False, 1.0, 0.1)
-    assert key("best") == ("alexnet_big_overlap_pool_bn", *pool_first, "auto")
-    assert key("best-alexnet-big-pool-first-bn") == ("alexnet_big_pool_first_bn", *pool_first, "auto")
-    assert key("best-alexnet-fast-pool-first-bn") == ("alexnet_fast_pool_first_bn", *pool_first, "fp32")
-    assert key("best-alexnet-fast-bn") == ("alexnet_fast_bn", "sgd", 0.1, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True,
-                                           20, False, False, True, 1, 0.0, False, True, False, 1.0, 0.1, "fp32")
+    assert sorted(RECIPES) == ["best", "seed"]
+    plain = (False, False, False, 0, 0.0, False, True, False, 1.0, 0.1, "auto")  # no whitening, random flips, no
+    # TTA, no averages, default initialisation and parameter groups, bf16 where native
+    assert key("seed") == ("alexnet_narrow_bn", "adam", 1e-3, 128, 0.25, "constant", 0.0, 0.0, 4, True, 20, *plain)
+    assert key("best") == ("alexnet_large_bn", "sgd", 0.2, 128, 0.25, "onecycle", 5e-4, 0.2, 4, True, 20, False, True,
+                           True, 1, 0.0, True, False, False, 1.0, 0.1, "auto")
+
+
+def test_print_config_shows_the_resolved_settings_and_trains_nothing(tmp_path: Path) -> None:
+    result = run_cli("train", "--recipe", "best", "--lr", "0.1", "--out", str(tmp_path / "r"), "--print-config")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed == {**make_config("best", lr=0.1, out=str(tmp_path / "r")).to_dict()}
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_is_repeated_bit_identically_from_its_config(trained_run: Path, tiny_png: Path, tmp_path: Path) -> None:
+    """`train --config RUN/config.json` is the way to repeat a run of any recipe, removed ones included."""
+    again = run_cli("train", "--config", str(trained_run / "config.json"), "--out", str(tmp_path / "again"),
+                    "--no-progress")
+    assert again.returncode == 0, again.stderr
+    first = torch.load(trained_run / "last.pt", weights_only=True)["model"]
+    second = torch.load(tmp_path / "again" / "last.pt", weights_only=True)["model"]
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    kept = json.loads((trained_run / "config.json").read_text())
+    repeated = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert {k: v for k, v in repeated.items() if k in make_config().to_dict() and k != "out"} == \
+        {k: v for k, v in kept.items() if k in make_config().to_dict() and k != "out"}
+    flagged = run_cli("train", "--config", str(trained_run / "config.json"), "--lr", "0.5", "--print-config")
+    assert json.loads(flagged.stdout)["lr"] == 0.5 and json.loads(flagged.stdout)["model"] == kept["model"]
 
 
 def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -102,20 +104,20 @@ def test_every_variant_classifies_32x32(name: str) -> None:
     assert out.shape == (2, 10)
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert has_bn == name.endswith("_bn")
-    if name != "alexnet_classic":
+    if name != "alexnet_224":
         assert forward_flops(model) > 1e6
 
 
-def test_classic_uses_the_224_pixel_layout() -> None:
-    model = create_model("alexnet_classic")
+def test_the_224_model_uses_the_original_layout() -> None:
+    model = create_model("alexnet_224")
     first = model.features[0]
     assert first.kernel_size == (11, 11) and first.stride == (4, 4) and model.input_size == 224
     assert forward_flops(model) > 1e9
 
 
 def test_overlapping_pools_keep_the_sizes_and_share_their_borders() -> None:
-    overlap = create_model("alexnet_big_overlap_pool_bn").eval()
-    square = create_model("alexnet_big_pool_first_bn").eval()
+    overlap = create_model("alexnet_large_bn").eval()
+    square = create_model("alexnet_large_bn", pool=(2, 2), pool_padding=0).eval()
 
     def pool_sizes(model: torch.nn.Module) -> list[tuple[int, ...]]:
         sizes: list[tuple[int, ...]] = []
@@ -200,7 +202,7 @@ def test_lookahead_pulls_the_weights_back_every_fifth_step_and_ends_on_the_avera
 
 
 def test_no_decay_norm_bias_keeps_weight_decay_off_1d_parameters() -> None:
-    model = create_model("alexnet_fast_bn")
+    model = create_model("alexnet_narrow_bn")
     groups = build_optimizer(make_config("best", decay_norm_bias=False), model).param_groups
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -214,7 +216,7 @@ def test_no_decay_norm_bias_keeps_weight_decay_off_1d_parameters() -> None:
 
 
 def test_norm_bias_lr_scale_speeds_up_the_batchnorm_shifts_only() -> None:
-    model = create_model("alexnet_fast_bn")
+    model = create_model("alexnet_narrow_bn")
     shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     for decay in (True, False):
         config = make_config("best", lr=0.1, norm_bias_lr_scale=64.0, decay_norm_bias=decay)
@@ -234,7 +236,7 @@ def test_norm_bias_lr_scale_speeds_up_the_batchnorm_shifts_only() -> None:
 
 def test_dirac_init_makes_the_first_filters_pass_their_input_through() -> None:
     torch.manual_seed(0)
-    model = create_model("alexnet_fast_bn")
+    model = create_model("alexnet_narrow_bn")
     before = [m.weight.detach().clone() for m in model.features if isinstance(m, torch.nn.Conv2d)]
     dirac_init(model)
     convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
@@ -270,7 +272,7 @@ def test_whitening_decorrelates_the_first_layer_and_freezes_it() -> None:
 
 
 def test_whitening_needs_a_first_layer_it_can_fill() -> None:
-    model = create_model("alexnet_bn")  # 64 channels from 27-dimensional 3x3 patches: at most 54
+    model = create_model("alexnet")  # 64 channels from 27-dimensional 3x3 patches: at most 54
     with pytest.raises(ConfigError, match="at most 54"):
         whiten_first_conv(model, smooth_images(20, 0))
 
@@ -293,3 +295,21 @@ def test_shift_tta_averages_the_moved_images() -> None:
     # at the border the moved image is reflected, not zero-padded
     assert torch.allclose(logits_of(lambda t: t[:, :, 0, 0], x, tta=False, shift=1),
                           (x[:, :, 0, 0] + x[:, :, 1, 1]) / 2)
+
+
+@pytest.mark.parametrize(("old", "new"), [("alexnet_fast_bn", "alexnet_narrow_bn"),
+                                          ("alexnet_big_overlap_pool_bn", "alexnet_large_bn"),
+                                          ("alexnet_classic", "alexnet_224")])
+def test_checkpoints_of_renamed_models_still_load(old: str, new: str, tmp_path: Path) -> None:
+    """A checkpoint carries its model's name: names of earlier releases rebuild the same network."""
+    from alexnet_cifar10.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(new, dropout=0.25).eval()
+    save_checkpoint(tmp_path / "old.pt", {"model_name": old, "model_kwargs": {"dropout": 0.25},
+                                          "model": model.state_dict()})
+    loaded = load_model(tmp_path / "old.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert old not in MODELS  # not offered to new runs

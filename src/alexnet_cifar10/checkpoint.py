@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import re
@@ -12,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexnet_cifar10.errors import CheckpointError
+from alexnet_cifar10 import pretrained
+from alexnet_cifar10.errors import CheckpointError, ConfigError
 from alexnet_cifar10.io import atomic_write
 from alexnet_cifar10.models import AlexNet, create_model
 
@@ -32,8 +34,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        from alexnet_cifar10.export import load_safetensors
-
         return load_safetensors(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -50,6 +50,48 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({str(e)[:160]})") from None
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise CheckpointError(f"{path}: not an alexnet-cifar10 checkpoint (no model weights)")
+    return state
+
+
+def require(module: str):  # noqa: ANN201 - the module
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        package = module.split(".")[0]
+        raise ConfigError(f"this needs the {package} package: pip install 'alexnet-cifar10[export]'") from None
+
+
+def save_safetensors(state: dict[str, Any], out: Path, half: bool = False) -> None:
+    """``state``'s weights as a .safetensors file (tensors only), with the model name and the run's settings as
+    JSON text in its metadata; ``half`` stores the floating-point tensors in float16."""
+    st = require("safetensors.torch")
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state["model"].items()}
+    metadata = {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs", {})),
+                "format": "alexnet-cifar10"}
+    if state.get("config"):  # the run's settings: evaluate and predict then use its test-time augmentation
+        metadata["config"] = json.dumps(state["config"])
+    atomic_write(Path(out), lambda f: f.write(st.save(tensors, metadata=metadata)))
+
+
+def load_safetensors(path: str | Path) -> dict:
+    """A checkpoint-like dict from a .safetensors file: tensors only, nothing executed."""
+    st = require("safetensors")
+    try:
+        with st.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except Exception as e:  # noqa: BLE001 - any parse failure of a hostile file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if "model_name" not in meta:
+        raise CheckpointError(f"{path}: safetensors file without alexnet-cifar10 metadata (model_name)")
+    state: dict = {"model": tensors, "model_name": meta["model_name"]}
+    for key, default in (("model_kwargs", "{}"), ("config", "null")):
+        try:
+            state[key] = json.loads(meta.get(key, default))
+        except ValueError:
+            raise CheckpointError(f"{path}: unreadable {key} metadata") from None
+        if not isinstance(state[key], dict | None):
+            raise CheckpointError(f"{path}: {key} metadata is not a JSON object")
     return state
 
 
@@ -86,17 +128,19 @@ def model_from_state(state: dict[str, Any]) -> AlexNet:
     return model.eval()
 
 
-def trained_state(path: str | Path) -> dict[str, Any]:
-    """A checkpoint with the weights to use for inference (the EMA ones when the run kept them)."""
-    state = load_checkpoint(path)
+def trained_state(weights: str | Path) -> dict[str, Any]:
+    """The weights to use for inference, from a checkpoint or .safetensors path or the name of shipped weights
+    ("seed", "best"): the EMA ones when the run kept them."""
+    state = load_checkpoint(pretrained.resolve(weights))
     if state.get("ema_model") is not None:
         state = {**state, "model": state["ema_model"]}
     return state
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> AlexNet:
-    """The trained model of a checkpoint (EMA weights when the run kept them), in eval mode.
+def load_model(weights: str | Path, device: str | torch.device = "cpu") -> AlexNet:
+    """The trained model of shipped weights ("seed", "best") or of a checkpoint or .safetensors path, in eval
+    mode, in float32 (EMA weights when the run kept them).
 
     It takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself.
     """
-    return model_from_state(trained_state(path)).to(device)
+    return model_from_state(trained_state(weights)).float().to(device)

@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from alexnet_cifar10 import __version__
-from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, PRECISIONS, Config, flag, make_config
-from alexnet_cifar10.errors import AlexNetCifarError
+from alexnet_cifar10.config import (
+    DEFAULT_DATA,
+    DEVICES,
+    PRECISIONS,
+    RECIPES,
+    Config,
+    config_from_file,
+    flag,
+    make_config,
+)
+from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.export import FORMATS
 
 PROG = "alexnet-cifar10"
@@ -44,6 +53,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             kwargs["type"] = {"int": int, "float": float}.get(str(f.type), str)
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
+            elif f.name == "recipe":
+                kwargs["choices"] = tuple(RECIPES)
         p.add_argument(f"--{flag(f.name)}", **kwargs)
 
 
@@ -68,11 +79,16 @@ def build_parser() -> Parser:
 
     train = sub.add_parser("train", help="train a model into a run folder")
     add_config_flags(train)
+    train.add_argument("--config", default=None, metavar="FILE",
+                       help="start from the settings of FILE (a run's config.json) instead of a recipe; flags "
+                            "given beside it override it")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved settings as JSON and train nothing")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue RUN (a run folder) from last.pt")
     train.add_argument("--cache-dir", default=None, help="decoded-data cache folder")
 
     ev = sub.add_parser("evaluate", help="accuracy, per-class table, confusion matrix of a checkpoint")
-    ev.add_argument("checkpoint")
+    add_weights_flags(ev)
     add_data_flags(ev)
     ev.add_argument("--split", choices=("test", "val", "train"), default=None,
                     help="split to evaluate (default test if the data has one, else val)")
@@ -83,8 +99,9 @@ def build_parser() -> Parser:
     ev.add_argument("--out", default=None, help="folder for result.json, confusion.png, samples.png")
 
     pr = sub.add_parser("predict", help="classify image files or folders")
-    pr.add_argument("checkpoint")
-    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE_OR_FOLDER",
+                    help="without --weights, the first is the checkpoint")
+    pr.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     pr.add_argument("--top-k", type=int, default=3)
     add_tta_flags(pr)
     pr.add_argument("--device", choices=DEVICES, default="auto")
@@ -104,13 +121,36 @@ def build_parser() -> Parser:
     bench.add_argument("--no-seed-style", action="store_true", help="skip the DataLoader baseline")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors, torch.export (pt2) or TorchScript")
-    ex.add_argument("checkpoint")
+    add_weights_flags(ex)
     ex.add_argument("--format", choices=FORMATS, required=True)
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--check-data", default=None, metavar="PATH",
                     help="onnx: compare with PyTorch on images from this data set (default: none)")
     ex.add_argument("--check-images", type=int, default=1000, help="images for the ONNX check")
     return parser
+
+
+WEIGHTS_HELP = "shipped trained weights (seed or best), or a checkpoint or .safetensors path"
+
+
+def add_weights_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint or .safetensors file (or --weights)")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+
+
+def weights_of(args: argparse.Namespace) -> str:
+    """--weights or the CHECKPOINT argument: exactly one of them. predict's first input is its checkpoint
+    when --weights is absent."""
+    if args.command == "predict":
+        if args.weights is None:
+            if len(args.inputs) < 2:
+                raise ConfigError("predict needs a checkpoint and images: predict CHECKPOINT IMAGE... or "
+                                  "predict --weights seed IMAGE...")
+            args.weights, args.inputs = args.inputs[0], args.inputs[1:]
+        return args.weights
+    if (args.weights is None) == (args.checkpoint is None):
+        raise ConfigError("give the weights once: a CHECKPOINT argument or --weights seed|best|PATH")
+    return args.weights or args.checkpoint
 
 
 # --------------------------------------------------------------------------- commands
@@ -124,8 +164,6 @@ def load_data(args: argparse.Namespace, progress: bool = False):  # noqa: ANN201
 
 def at_least(value: int, minimum: int, name: str) -> None:
     if value < minimum:
-        from alexnet_cifar10.errors import ConfigError
-
         raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
 
 
@@ -171,21 +209,34 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<17}{'params':>12}{'MFLOPs':>10}  description")
+    width = max(len("name"), *(len(str(r["name"])) for r in rows)) + 2
+    print(f"{'name':<{width}}{'params':>12}{'MFLOPs':>10}  description")
     for r in rows:
-        print(f"{r['name']:<17}{r['params']:>12,}{r['mflops']:>10.1f}  {r['description']}")
+        print(f"{r['name']:<{width}}{r['params']:>12,}{r['mflops']:>10.1f}  {r['description']}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from alexnet_cifar10.data import load_cifar10
-    from alexnet_cifar10.training import make_run_dir, train
+    from alexnet_cifar10.training import make_run_dir, resumed_config, train
 
     given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    if args.config and (args.resume or "recipe" in given):
+        raise ConfigError(f"--config gives the starting settings; it does not go with "
+                          f"{'--resume' if args.resume else '--recipe'}")
     if args.resume:
+        if args.print_config:
+            print(json.dumps(resumed_config(Path(args.resume), given).to_dict(), indent=2))
+            return 0
         result = train(Config(), resume=args.resume, overrides=given, cache_dir=args.cache_dir)
     else:
-        config = make_config(given.pop("recipe", "seed"), **given)
+        if args.config:
+            config = config_from_file(Path(args.config), **given)
+        else:
+            config = make_config(given.pop("recipe", "seed"), **given)
+        if args.print_config:
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
         make_run_dir(config, resume=False, create=False)  # refuse an existing run before loading data
         data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
                             cache_dir=args.cache_dir, progress=config.progress and sys.stderr.isatty())
@@ -200,7 +251,7 @@ def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
     from alexnet_cifar10.checkpoint import model_from_state, trained_state
     from alexnet_cifar10.training import select_device
 
-    state = trained_state(args.checkpoint)
+    state = trained_state(weights_of(args))
     device = select_device(args.device)
     return model_from_state(state).to(device), state, device
 
@@ -246,7 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(f"{args.checkpoint} on the {name} split ({len(split)} images), test-time augmentation: "
+        print(f"{weights_of(args)} on the {name} split ({len(split)} images), test-time augmentation: "
               f"{result.tta_text()}")
         print(result.table())
     return 0
@@ -280,7 +331,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.benchmark import format_table, run_benchmark
-    from alexnet_cifar10.errors import ConfigError
     from alexnet_cifar10.io import atomic_write_text
     from alexnet_cifar10.models import create_model
     from alexnet_cifar10.training import resolve_precision, select_device, set_threads
@@ -310,7 +360,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from alexnet_cifar10.export import check_onnx, export
 
     at_least(args.check_images, 1, "check-images")
-    model = export(args.checkpoint, args.format, args.out)
+    model = export(weights_of(args), args.format, args.out)
     print(f"wrote {args.out} ({args.format})")
     if args.format == "onnx" and args.check_data:
         from alexnet_cifar10.data import load_cifar10

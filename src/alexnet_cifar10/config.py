@@ -31,7 +31,7 @@ class Config:
     val_size: int = _f(5000, "validation images carved from the training split (0 for none)")
     split_seed: int = _f(0, "seed of the validation split (kept apart from --seed)")
     # model
-    model: str = _f("alexnet_fast_bn", "model variant (see `alexnet-cifar10 models`)")
+    model: str = _f("alexnet_narrow_bn", "model variant (see `alexnet-cifar10 models`)")
     dropout: float = _f(0.25, "dropout in the classifier")
     whiten: bool = _f(False, "first convolution fixed to a whitening of the training patches (airbench)")
     dirac_init: bool = _f(False, "start each convolution's first in-channels filters as the identity (airbench's "
@@ -68,7 +68,7 @@ class Config:
     # run
     seed: int = _f(0, "seed of weights, data order, augmentation and dropout")
     device: str = _f("auto", "training device", DEVICES)
-    precision: str = _f("fp32", "arithmetic precision; auto: bf16 where the hardware computes it natively (a CUDA "
+    precision: str = _f("auto", "arithmetic precision; auto: bf16 where the hardware computes it natively (a CUDA "
                         "GPU with bf16, a CPU with AVX-512-BF16 or AMX), else fp32", PRECISIONS)
     channels_last: bool = _f(True, "channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
@@ -80,7 +80,7 @@ class Config:
     progress: bool = _f(True, "show tqdm progress bars")
     out: str = _f("", "run folder (default runs/<name>)")
     name: str = _f("", "run name (default <recipe>-<model>-<time>)")
-    recipe: str = _f("seed", "named preset the other flags start from")
+    recipe: str = _f("seed", "named recipe the other flags start from (seed or best)")
 
     def validate(self) -> Config:
         for f in fields(self):
@@ -113,8 +113,6 @@ class Config:
             from alexnet_cifar10.models import check_whitenable  # models import torch; configs need not
 
             check_whitenable(self.model)
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,64 +141,42 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-# The `best` preset before 2026-11-27 21:30 UTC, kept as "best-alexnet-fast-bn" (88.44 % val on the 2-core CPU
-# in 77.5 min); the ones after it are it with the changes that sessions 5, 7 and 10 measured (RECIPES.md)
-_BEST_ALEXNET_FAST_BN: dict[str, Any] = {
-    "model": "alexnet_fast_bn",
-    "optimizer": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "onecycle",
-    "label_smoothing": 0.2,
-    "batch_size": 128,  # 512 (lr 0.4) scores the same on the GPU but runs 20 % slower on the CPU
-    "dropout": 0.25,
-    "tta": True,
-    "tta_shift": 1,  # flips and 1-pixel moves: +0.18 / +0.26 on two CPU runs' weights (RECIPES.md)
-}
-
-# The `best` preset from 2026-11-27 21:30 UTC to 2026-12-02, kept as "best-alexnet-fast-pool-first-bn" (88.58 %
-# val on the 2-core CPU in 65.5 min, fp32)
-_BEST_ALEXNET_FAST_POOL_FIRST_BN: dict[str, Any] = {
-    **_BEST_ALEXNET_FAST_BN,
-    "model": "alexnet_fast_pool_first_bn",  # pooling before BatchNorm: the same layers, 3-14 % faster
-    "lr": 0.2,  # 0.1 without lookahead; lookahead pulls each step part of the way back
-    "lookahead": True,
-    "decay_norm_bias": False,
-    "alternate_flip": True,
-}
-
-# The `best` preset of 2026-12-02 until 22:46 UTC, kept as "best-alexnet-big-pool-first-bn": the same training on a
-# network 3.4 times the size, which bf16 makes fit the 90 CPU minutes (90.58 % val on the 2-core CPU with
-# AVX-512-BF16 in about 83 min). On hardware without native bf16, auto computes in fp32, about twice as slow there.
-_BEST_ALEXNET_BIG_POOL_FIRST_BN: dict[str, Any] = {
-    **_BEST_ALEXNET_FAST_POOL_FIRST_BN,
-    "model": "alexnet_big_pool_first_bn",
-    "precision": "auto",
-}
-
-# The seed preset is what the original notebook did (Adam, cross-entropy, 20 epochs, crop + flip, constant
-# lr) with the adaptation settled in results/README.md: the field defaults above (`alexnet_fast_bn`, lr 1e-3,
-# batch 128, dropout 0.25). Its earlier settings stay available under their own names, so a run made with
-# them can be repeated: "seed-alexnet-bn" (the seed preset until 2026-11-27 08:44 UTC, 83.2 %
-# mean val over 5 fp32 runs) and "seed-no-bn" (the first published seed, 81.9 % val).
+# A recipe is the values it changes from the field defaults above. `seed` is the original notebook's training
+# (Adam, cross-entropy, 20 epochs, crop + flip, constant lr) on the network that keeps it CPU-sized; `best` is the
+# strongest 20-epoch training of this layout that fits 90 minutes on a 2-core CPU with native bf16 (RECIPES.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "seed": {},
-    "seed-alexnet-bn": {"model": "alexnet_bn", "lr": 1e-3, "dropout": 0.5},
-    "seed-no-bn": {"model": "alexnet", "lr": 3e-4, "dropout": 0.5},
-    # AlexNet's overlapping pools on that network: 90.70 % val on the 2-core CPU (AMX-BF16) in 80.4 min
-    # (results/best/), short of the 91.5 % goal
-    "best": {**_BEST_ALEXNET_BIG_POOL_FIRST_BN, "model": "alexnet_big_overlap_pool_bn"},
-    "best-alexnet-big-pool-first-bn": _BEST_ALEXNET_BIG_POOL_FIRST_BN,
-    "best-alexnet-fast-pool-first-bn": _BEST_ALEXNET_FAST_POOL_FIRST_BN,
-    "best-alexnet-fast-bn": _BEST_ALEXNET_FAST_BN,
+    "best": {
+        "model": "alexnet_large_bn",
+        "optimizer": "sgd",
+        "lr": 0.2,  # with lookahead, which pulls each step part of the way back
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "decay_norm_bias": False,
+        "schedule": "onecycle",
+        "label_smoothing": 0.2,
+        "lookahead": True,
+        "alternate_flip": True,
+        "tta": True,
+        "tta_shift": 1,
+    },
 }
 
 
 def make_config(recipe: str = "seed", **overrides: Any) -> Config:
     """The recipe's values, then ``overrides`` (the flags a user gave)."""
-    values = {**dataclasses.asdict(Config()), **RECIPES.get(recipe, {}), **overrides, "recipe": recipe}
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)} (a run of another "
+                          "preset is repeated with --config RUN/config.json)")
+    values = {**dataclasses.asdict(Config()), **RECIPES[recipe], **overrides, "recipe": recipe}
     return Config.from_dict(values).validate()
+
+
+def config_from_file(path: Path, **overrides: Any) -> Config:
+    """The settings of a run's config.json (or any JSON of Config fields), then ``overrides``: a new run that
+    repeats that one. The file's run folder and name stay behind, so the new run gets its own."""
+    values = {**load_config(path).to_dict(), "out": "", "name": ""}
+    return Config.from_dict({**values, **overrides}).validate()
 
 
 def load_config(path: Path) -> Config:

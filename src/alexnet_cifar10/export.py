@@ -6,7 +6,6 @@ normalisation is inside the model.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alexnet_cifar10.checkpoint import model_from_state, trained_state
-from alexnet_cifar10.errors import CheckpointError, ConfigError
+from alexnet_cifar10.checkpoint import model_from_state, require, save_safetensors, trained_state
+from alexnet_cifar10.errors import ConfigError
 from alexnet_cifar10.io import atomic_write
 
 FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
@@ -32,14 +31,6 @@ class OnnxCheck:
     images: int
     max_abs_diff: float
     top1_agreement: float
-
-
-def _require(module: str):  # noqa: ANN202
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError:
-        package = module.split(".")[0]
-        raise ConfigError(f"this needs the {package} package: pip install 'alexnet-cifar10[export]'") from None
 
 
 def _write_via_temp(out: Path, write) -> None:  # noqa: ANN001 - write(path)
@@ -61,7 +52,7 @@ def export_onnx(model: nn.Module, out: Path) -> None:
 
 def check_onnx(model: nn.Module, onnx_file: Path, images: torch.Tensor, batch: int = 250) -> OnnxCheck:
     """Compare ONNX Runtime with PyTorch on float images in [0, 1]."""
-    ort = _require("onnxruntime")
+    ort = require("onnxruntime")
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     diff, agree = 0.0, 0
     with torch.no_grad():
@@ -71,16 +62,6 @@ def check_onnx(model: nn.Module, onnx_file: Path, images: torch.Tensor, batch: i
             diff = max(diff, float((got - ref).abs().max()))
             agree += int((got.argmax(1) == ref.argmax(1)).sum())
     return OnnxCheck(len(images), diff, agree / max(len(images), 1))
-
-
-def export_safetensors(state: dict, out: Path) -> None:
-    st = _require("safetensors.torch")
-    tensors = {k: v.contiguous() for k, v in state["model"].items()}
-    metadata = {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs", {})),
-                "format": "alexnet-cifar10"}
-    if state.get("config"):  # the run's settings: evaluate and predict then use its test-time augmentation
-        metadata["config"] = json.dumps(state["config"])
-    _write_via_temp(out, lambda p: st.save_file(tensors, str(p), metadata=metadata))
 
 
 def export_pt2(model: nn.Module, out: Path) -> None:
@@ -109,34 +90,12 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
     model = model.to(memory_format=torch.contiguous_format)
     out = Path(out)
     if fmt == "onnx":
-        _require("onnx")
+        require("onnx")
         export_onnx(model, out)
     elif fmt == "safetensors":
-        export_safetensors(state, out)
+        save_safetensors(state, out)
     elif fmt == "pt2":
         export_pt2(model, out)
     else:
         export_torchscript(model, out)
     return model
-
-
-def load_safetensors(path: str | Path) -> dict:
-    """A checkpoint-like dict from a .safetensors file: tensors only, nothing executed."""
-    st = _require("safetensors")
-    try:
-        with st.safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
-    except Exception as e:  # noqa: BLE001 - any parse failure of a hostile file
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    if "model_name" not in meta:
-        raise CheckpointError(f"{path}: safetensors file without alexnet-cifar10 metadata (model_name)")
-    state: dict = {"model": tensors, "model_name": meta["model_name"]}
-    for key, default in (("model_kwargs", "{}"), ("config", "null")):
-        try:
-            state[key] = json.loads(meta.get(key, default))
-        except ValueError:
-            raise CheckpointError(f"{path}: unreadable {key} metadata") from None
-        if not isinstance(state[key], dict | None):
-            raise CheckpointError(f"{path}: {key} metadata is not a JSON object")
-    return state

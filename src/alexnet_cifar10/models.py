@@ -7,7 +7,7 @@ all take the same input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +18,6 @@ from alexnet_cifar10.errors import ConfigError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-_SEED_CONVS = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
 
 
 class AlexNet(nn.Module):
@@ -34,7 +33,7 @@ class AlexNet(nn.Module):
 
     def __init__(
         self,
-        convs: Sequence[tuple[int, int, int]] = _SEED_CONVS,
+        convs: Sequence[tuple[int, int, int]] = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)),
         pool_after: Sequence[int] = (0, 1, 4),
         pool: tuple[int, int] = (2, 2),
         pool_padding: int = 0,
@@ -105,97 +104,72 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, description: str, **kwargs: object) -> ModelSpec:
-    spec = ModelSpec(name, description, kwargs)
-    MODELS[name] = spec
-    return spec
+def register(builder: Callable[[], dict[str, object]]) -> Callable[[], dict[str, object]]:
+    """Register a model under its builder's name: the builder returns the AlexNet settings, and its docstring
+    is the description that `alexnet-cifar10 models` prints."""
+    MODELS[builder.__name__] = ModelSpec(builder.__name__, (builder.__doc__ or "").strip(), builder())
+    return builder
 
 
-_K5_CONVS = ((64, 5, 1), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
-_WIDE_CONVS = ((96, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1))
-_FAST_CONVS = ((32, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
-_FAST64_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
-_BIG_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (512, 3, 1), (512, 3, 1))
-_HIRES_CONVS = ((64, 3, 1), (192, 3, 1), (256, 3, 1), (384, 3, 1), (256, 3, 1))
-# what the big networks share: pools after conv 2, 3, 4 and 5, each before its BatchNorm and ReLU, and the classifier
-_BIG_LAYOUT: dict[str, object] = {"pool_after": (1, 2, 3, 4), "hidden": 1024, "batch_norm": True, "pool_first": True}
-
-def register_with_bn(name: str, description: str, **kwargs: object) -> None:
-    """Register ``name`` and its twin ``name_bn`` with BatchNorm after each convolution."""
-    register(name, description, **kwargs)
-    register(f"{name}_bn", f"{name} with BatchNorm after each convolution", **kwargs, batch_norm=True)
+_ALEXNET_CONVS = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
+_NARROW_CONVS = ((32, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
+_LARGE_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (512, 3, 1), (512, 3, 1))
+# the large networks pool after conv 2, 3, 4 and 5, each pool before its BatchNorm and ReLU
+_POOL_FIRST: dict[str, object] = {"pool_after": (1, 2, 3, 4), "hidden": 1024, "batch_norm": True, "pool_first": True}
 
 
-register_with_bn(
-    "alexnet",
-    "AlexNet for 32x32: 3x3 convs 64-192-384-256-256 at stride 1, max-pools after conv 1, 2 and 5, "
-    "1024-1024 classifier with dropout",
-    convs=_SEED_CONVS, pool_after=(0, 1, 4), hidden=1024,
-)
-register_with_bn(
-    "alexnet_k5",
-    "alexnet with the original's larger early kernels: 5x5 first and second convolutions",
-    convs=_K5_CONVS, pool_after=(0, 1, 4), hidden=1024,
-)
-register_with_bn(
-    "alexnet_wide",
-    "alexnet with the original AlexNet's two-tower widths summed: 96-256-384-384-256",
-    convs=_WIDE_CONVS, pool_after=(0, 1, 4), hidden=1024,
-)
-register_with_bn(
-    "alexnet_fast",
-    "a CPU-sized alexnet (under half the FLOPs): 3x3 convs 32-128-256-256-256, max-pools after conv 1, 2, 4 "
-    "and 5, 1024-1024 classifier; the best recipe's model",
-    convs=_FAST_CONVS, pool_after=(0, 1, 3, 4), hidden=1024,
-)
-register(
-    "alexnet_fast_pool_first_bn",
-    "alexnet_fast_bn with each max-pool straight after its convolution, before BatchNorm and ReLU (airbench's "
-    "order): the same FLOPs in the convolutions, less memory traffic around them",
-    convs=_FAST_CONVS, pool_after=(0, 1, 3, 4), hidden=1024, batch_norm=True, pool_first=True,
-)
-register(
-    "alexnet_big_pool_first_bn",
-    "a bf16-CPU-sized alexnet (538 MFLOPs): 3x3 convs 64-128-256-512-512, the first two at full resolution, "
-    "max-pools after conv 2, 3, 4 and 5, each before its BatchNorm and ReLU, 2048-1024-1024 classifier",
-    convs=_BIG_CONVS, **_BIG_LAYOUT,
-)
-register(
-    "alexnet_big_overlap_pool_bn",
-    "alexnet_big_pool_first_bn with AlexNet's overlapping max-pools (3x3 windows at stride 2, padded by 1, so "
-    "the same 16-8-4-2 sizes and the same FLOPs): neighbouring windows share a row and a column",
-    convs=_BIG_CONVS, pool=(3, 2), pool_padding=1, **_BIG_LAYOUT,
-)
-register(
-    "alexnet_hires_pool_first_bn",
-    "alexnet_big_pool_first_bn with its FLOPs moved up the resolutions (602 MFLOPs): 3x3 convs 64-192-256-384-256, "
-    "wider at 32x32 and 16x16, narrower at 8x8 and 4x4, where the CPU's backward pass is slowest per FLOP",
-    convs=_HIRES_CONVS, **_BIG_LAYOUT,
-)
-register_with_bn(
-    "alexnet_fast64",
-    "alexnet_fast with 64 channels in the first convolution (178 MFLOPs): the network the best "
-    "recipe's GPU ablation ran",
-    convs=_FAST64_CONVS, pool_after=(0, 1, 3, 4), hidden=1024,
-)
-register(
-    "alexnet_small",
-    "the common 3x3 adaptation: first conv stride 2, 64-192-384-256-256, 4096-4096 classifier",
-    convs=((64, 3, 2), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)), pool_after=(0, 1, 4),
-    hidden=4096,
-)
-register(
-    "alexnet_tiny",
-    "a narrow alexnet (16-32-64-64-32, 64-64 classifier) for smoke tests and quick checks",
-    convs=((16, 3, 1), (32, 3, 1), (64, 3, 1), (64, 3, 1), (32, 3, 1)), pool_after=(0, 1, 4), hidden=64,
-)
-register(
-    "alexnet_classic",
-    "the original 224-pixel AlexNet (11x11 stride-4 conv, torchvision's widths, 4096-4096), fed "
-    "with inputs upsampled on the device; GPU-sized (about 1.4 GFLOPs per image)",
-    convs=((64, 11, 4), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)), pool_after=(0, 1, 4),
-    pool=(3, 2), pool_output=6, hidden=4096, input_size=224,
-)
+@register
+def alexnet() -> dict[str, object]:
+    """AlexNet adapted to 32x32: 3x3 convs 64-192-384-256-256, max-pools after conv 1, 2, 5, no BatchNorm"""
+    return {"convs": _ALEXNET_CONVS, "pool_after": (0, 1, 4), "hidden": 1024}
+
+
+@register
+def alexnet_narrow_bn() -> dict[str, object]:
+    """the seed recipe's: 3x3 convs 32-128-256-256-256 with BatchNorm, max-pools after conv 1, 2, 4, 5"""
+    return {"convs": _NARROW_CONVS, "pool_after": (0, 1, 3, 4), "hidden": 1024, "batch_norm": True}
+
+
+@register
+def alexnet_large_bn() -> dict[str, object]:
+    """the best recipe's: 3x3 convs 64-128-256-512-512, overlapping 3x3/2 max-pools after conv 2-5, BatchNorm"""
+    return {"convs": _LARGE_CONVS, "pool": (3, 2), "pool_padding": 1, **_POOL_FIRST}
+
+
+@register
+def alexnet_224() -> dict[str, object]:
+    """the original 224-pixel AlexNet (11x11 stride-4 conv, 4096-4096), on inputs upsampled on the device"""
+    return {"convs": ((64, 11, 4), (192, 5, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1)), "pool_after": (0, 1, 4),
+            "pool": (3, 2), "pool_output": 6, "hidden": 4096, "input_size": 224}
+
+
+@register
+def alexnet_tiny() -> dict[str, object]:
+    """a narrow alexnet (16-32-64-64-32, 64-64 classifier) for tests and quick checks"""
+    return {"convs": ((16, 3, 1), (32, 3, 1), (64, 3, 1), (64, 3, 1), (32, 3, 1)), "pool_after": (0, 1, 4),
+            "hidden": 64}
+
+
+# Networks of earlier releases, under the names their checkpoints and config.json files carry: they still load
+# and still train through `train --config`, but `models` does not offer them.
+_RETIRED: dict[str, dict[str, object]] = {
+    "alexnet_fast_bn": MODELS["alexnet_narrow_bn"].kwargs,
+    "alexnet_big_overlap_pool_bn": MODELS["alexnet_large_bn"].kwargs,
+    "alexnet_classic": MODELS["alexnet_224"].kwargs,
+    "alexnet_bn": {**MODELS["alexnet"].kwargs, "batch_norm": True},
+    "alexnet_fast": {**MODELS["alexnet_narrow_bn"].kwargs, "batch_norm": False},
+    "alexnet_fast_pool_first_bn": {**MODELS["alexnet_narrow_bn"].kwargs, "pool_first": True},
+    "alexnet_big_pool_first_bn": {"convs": _LARGE_CONVS, **_POOL_FIRST},
+}
+
+
+def model_kwargs(name: str) -> dict[str, object]:
+    """The AlexNet settings of a model name: a registered one, or one that an earlier release wrote."""
+    if name in MODELS:
+        return MODELS[name].kwargs
+    if name in _RETIRED:
+        return _RETIRED[name]
+    raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -263,16 +237,15 @@ def check_whitening(channels: int, kernel: int, input_size: int = 32) -> None:
 def check_whitenable(name: str) -> None:
     """``check_whitening`` for a registered model, without building it (a config checks this before any data
     is loaded); unknown names are left to ``create_model``."""
-    if name in MODELS:
-        kwargs = MODELS[name].kwargs
-        channels, kernel, _ = kwargs.get("convs", _SEED_CONVS)[0]
+    if name in MODELS or name in _RETIRED:
+        kwargs = model_kwargs(name)
+        channels, kernel, _ = kwargs["convs"][0]
         check_whitening(channels, kernel, kwargs.get("input_size", 32))
 
 
 def create_model(name: str, **overrides: object) -> AlexNet:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name].build(**overrides)
+    """The network ``name`` (see ``MODELS``), with ``overrides`` of its settings (e.g. ``dropout``)."""
+    return AlexNet(**{**model_kwargs(name), **overrides})
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet_cifar10 import __version__, distributed, reporting
-from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_safetensors, set_rng_state
 from alexnet_cifar10.config import Config, flag, load_config
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
@@ -286,13 +285,7 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         if missing:
             raise CheckpointError(f"{checkpoint_file}: holds weights but no training state ({', '.join(missing)}); "
                                   "--resume needs a run's last.pt")
-        run_dir = resume if resume.is_dir() else resume.parent
-        bad = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
-        if bad:
-            raise ConfigError(f"--resume keeps the run's config; only {', '.join(map(flag, RESUME_OVERRIDES))} "
-                              f"may change, not {', '.join(map(flag, bad))}")
-        config = Config.from_dict({**load_config(run_dir / "config.json").to_dict(), **(overrides or {}),
-                                   "out": str(run_dir)})
+        config = resumed_config(resume if resume.is_dir() else resume.parent, overrides or {})
         check_resume_model(config, state, checkpoint_file)
     config.validate()
     device = select_device(config.device)
@@ -307,6 +300,15 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         raise distributed.peer_error(e) from None
     finally:
         distributed.cleanup(d)
+
+
+def resumed_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
+    """The config a resumed run continues with: its config.json, with the few ``overrides`` a resume allows."""
+    bad = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if bad:
+        raise ConfigError(f"--resume keeps the run's config; only {', '.join(map(flag, RESUME_OVERRIDES))} "
+                          f"may change, not {', '.join(map(flag, bad))}")
+    return Config.from_dict({**load_config(run_dir / "config.json").to_dict(), **overrides, "out": str(run_dir)})
 
 
 def model_identity(config: Config) -> dict[str, Any]:
@@ -587,10 +589,7 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
                       precision=config.precision, tta=config.tta, tta_shift=config.tta_shift,
                       channels_last=config.channels_last)
     atomic_write_text(run_dir / "final.json", json.dumps(result.to_dict(), indent=2))
-    if importlib.util.find_spec("safetensors") is not None:  # weights as tensors only, when installed
-        from alexnet_cifar10.export import export_safetensors
-
-        export_safetensors({"model": model.state_dict(), **model_identity(config)}, run_dir / "model.safetensors")
+    save_safetensors({"model": model.state_dict(), **model_identity(config)}, run_dir / "model.safetensors")
     reporting.plot_confusion(result, run_dir / "confusion.png")
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
                            run_dir / "samples.png")

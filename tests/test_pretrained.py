@@ -1,0 +1,67 @@
+"""Shipped weights: a name resolves to the package's file, its sha256 is checked, and a wrong name is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+
+from alexnet_cifar10 import pretrained
+from alexnet_cifar10.checkpoint import load_model, save_safetensors
+from alexnet_cifar10.errors import CheckpointError
+from alexnet_cifar10.models import create_model
+
+
+@pytest.fixture
+def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A weights folder holding "tiny": an alexnet_tiny in float16 with its JSON, as the package ships them."""
+    torch.manual_seed(0)
+    model = create_model("alexnet_tiny").eval()
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    save_safetensors({"model": model.state_dict(), "model_name": "alexnet_tiny", "model_kwargs": {}},
+                     folder / "tiny.safetensors", half=True)
+    info = {"name": "tiny", "model": "alexnet_tiny", "sha256": pretrained.sha256(folder / "tiny.safetensors")}
+    (folder / "tiny.json").write_text(json.dumps(info))
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", folder)
+    return folder
+
+
+def test_a_shipped_name_loads_its_weights_in_float32(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(weights_dir.parent)
+    assert pretrained.shipped() == ["tiny"]
+    model = load_model("tiny")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    torch.manual_seed(0)
+    reference = create_model("alexnet_tiny").eval()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor.half().to(tensor.dtype)), name
+    assert load_model(weights_dir / "tiny.safetensors") is not None  # the path works as before
+
+
+def test_a_damaged_shipped_file_is_refused(weights_dir: Path) -> None:
+    path = weights_dir / "tiny.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 does not match"):
+        load_model("tiny")
+
+
+def test_an_unknown_name_lists_what_ships(weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="no trained weights named 'nope'.*available: tiny"):
+        load_model("nope")
+
+
+def test_predict_with_a_name_that_does_not_ship_is_one_line(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    result = run_cli("predict", "--weights", "no_such_weights", str(image), cwd=tmp_path)
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(err) == 1 and "no trained weights named 'no_such_weights'" in err[0], err
