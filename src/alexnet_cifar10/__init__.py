@@ -3,20 +3,40 @@
 >>> from alexnet_cifar10 import load_cifar10, make_config, train, load_model, predict
 >>> data = load_cifar10("data")                       # doctest: +SKIP
 >>> result = train(make_config("seed", epochs=1))     # doctest: +SKIP
+
+The names below load their module (and torch) on first use, so that ``alexnet-cifar10 --help`` and
+``import alexnet_cifar10.config`` stay light (PEP 562).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from alexnet_cifar10.checkpoint import load_checkpoint, load_model  # noqa: E402
-from alexnet_cifar10.config import RECIPES, Config, make_config  # noqa: E402
-from alexnet_cifar10.data import CLASSES, Cifar10, Split, load_cifar10  # noqa: E402
-from alexnet_cifar10.errors import AlexNetCifarError  # noqa: E402
-from alexnet_cifar10.evaluation import EvalResult, evaluate, predict  # noqa: E402
-from alexnet_cifar10.models import MODELS, AlexNet, create_model  # noqa: E402
-from alexnet_cifar10.training import TrainResult, train  # noqa: E402
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-__all__ = [
-    "CLASSES", "MODELS", "RECIPES", "AlexNet", "AlexNetCifarError", "Cifar10", "Config", "EvalResult",
-    "Split", "TrainResult", "create_model", "evaluate", "load_checkpoint", "load_cifar10", "load_model",
-    "make_config", "predict", "train",
-]
+try:
+    __version__ = version("alexnet-cifar10")  # pyproject.toml's, the one place it is written
+except PackageNotFoundError:  # a source checkout on sys.path without an install (e.g. torch.hub)
+    __version__ = "0+unknown"
+
+_EXPORTS = {
+    "load_checkpoint": "checkpoint", "load_model": "checkpoint",
+    "RECIPES": "config", "Config": "config", "make_config": "config",
+    "CLASSES": "data", "Cifar10": "data", "Split": "data", "load_cifar10": "data",
+    "AlexNetCifarError": "errors",
+    "EvalResult": "evaluation", "evaluate": "evaluation", "predict": "evaluation",
+    "MODELS": "models", "AlexNet": "models", "create_model": "models",
+    "TrainResult": "training", "train": "training",
+}
+__all__ = sorted(_EXPORTS)
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'alexnet_cifar10' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"alexnet_cifar10.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

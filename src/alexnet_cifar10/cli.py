@@ -14,6 +14,7 @@ from alexnet_cifar10 import __version__
 from alexnet_cifar10.config import (
     DEFAULT_DATA,
     DEVICES,
+    EXPORT_FORMATS,
     PRECISIONS,
     RECIPES,
     Config,
@@ -22,7 +23,6 @@ from alexnet_cifar10.config import (
     make_config,
 )
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
-from alexnet_cifar10.export import FORMATS
 
 PROG = "alexnet-cifar10"
 
@@ -122,7 +122,7 @@ def build_parser() -> Parser:
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors, torch.export (pt2) or TorchScript")
     add_weights_flags(ex)
-    ex.add_argument("--format", choices=FORMATS, required=True)
+    ex.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--check-data", default=None, metavar="PATH",
                     help="onnx: compare with PyTorch on images from this data set (default: none)")

@@ -18,6 +18,7 @@ from alexnet_cifar10.errors import ConfigError
 DEFAULT_DATA = "data"  # the folder a plain `train` reads, and downloads into when it is absent
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+EXPORT_FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002

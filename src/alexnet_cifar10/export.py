@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from alexnet_cifar10.checkpoint import model_from_state, require, save_safetensors, trained_state
+from alexnet_cifar10.config import EXPORT_FORMATS
 from alexnet_cifar10.errors import ConfigError
 from alexnet_cifar10.io import atomic_write
 
-FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
+FORMATS = EXPORT_FORMATS
 
 
 def _example_batch() -> torch.Tensor:
