@@ -224,6 +224,7 @@ def test_models_command_lists_computed_sizes() -> None:
     ["train", "--model", "alexnet_224", "--whiten", "--data", "x"],
     ["train", "--recipe", "best", "--config", "{run}/config.json", "--data", "x"],
     ["train", "--config", "{tmp}/missing.json", "--data", "x"],
+    ["train", "--crop-pad", "100000", "--data", "x"],
     ["train", "--alternate-flip", "--no-flip", "--data", "x"],
     ["train", "--norm-bias-lr-scale", "0", "--data", "x"],
     ["train", "--norm-bias-lr-scale", "nan", "--data", "x"],
@@ -376,3 +377,14 @@ def test_benchmark_accepts_auto_precision(tiny_png: Path, tmp_path: Path) -> Non
     r = json.loads(out.read_text())
     native = r["machine"].endswith("bf16 native")  # the machine line says which way auto went, and why
     assert r["precision"] == ("bf16" if native else "fp32") and (native or r["machine"].endswith("bf16 emulated"))
+
+
+def test_train_never_writes_into_a_folder_of_other_files(tiny_png: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "metrics.jsonl").write_text("mine too")
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(mine), *TRAIN_FLAGS)
+    assert "notes.txt" in one_error_line(result)
+    assert sorted(p.name for p in mine.iterdir()) == ["metrics.jsonl", "notes.txt"]
+    assert (mine / "metrics.jsonl").read_text() == "mine too"

@@ -65,3 +65,35 @@ def test_predict_with_a_name_that_does_not_ship_is_one_line(tmp_path: Path) -> N
     result = run_cli("predict", "--weights", "no_such_weights", str(image), cwd=tmp_path)
     err = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(err) == 1 and "no trained weights named 'no_such_weights'" in err[0], err
+
+
+def parity(info: dict, model: torch.nn.Module, data) -> tuple[float, float]:  # noqa: ANN001 - a Cifar10
+    """Accuracy of ``model`` and of the float32 weights (their recorded predictions) on the first validation images."""
+    from alexnet_cifar10.evaluation import evaluate
+
+    recorded = torch.tensor([int(c) for c in info["check_predictions_float32"]])
+    val = data.split("val")
+    labels = val.labels[: len(recorded)]
+    now = evaluate(model, val.images[: len(recorded)], labels).accuracy
+    return now, float((recorded == labels).float().mean())
+
+
+def test_a_run_ships_as_float16_weights_with_what_the_json_promises(tmp_path: Path, tiny_png: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet_cifar10.data import load_cifar10
+    from alexnet_cifar10.ship import ship
+
+    run = tmp_path / "run"
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), "--val-size", "20",
+                     "--batch-size", "16", "--no-progress", "--threads", "1", "--model", "alexnet_tiny")
+    assert result.returncode == 0, result.stderr
+    data = load_cifar10(tiny_png, val_size=20, seed=0)
+    info = ship(run, "tiny", data, out_dir=tmp_path / "weights")
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
+    assert pretrained.shipped() == ["tiny"] and pretrained.shipped_info("tiny") == info
+    assert info["model"] == "alexnet_tiny" and info["training_data"]["train_images"] == len(data.train)
+    assert abs(info["val_accuracy"]["plain"] - info["val_accuracy_float32"]["plain"]) <= 0.0005 + 1 / 20
+    now, full = parity(info, load_model("tiny"), data)
+    assert now == pytest.approx(info["val_accuracy"]["plain"]) and full == pytest.approx(
+        info["val_accuracy_float32"]["plain"])
+

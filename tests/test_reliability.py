@@ -164,3 +164,22 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_png: Path, tmp_path
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_a_full_disk_during_torch_save_keeps_the_previous_checkpoint(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temp file is /dev/full, so torch.save meets a real ENOSPC and raises what real torch raises."""
+    from alexnet_cifar10 import io as atomic_io
+    from alexnet_cifar10.checkpoint import save_checkpoint
+    from alexnet_cifar10.errors import CheckpointError
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(4)}, "model_name": "alexnet_tiny"})
+    before = path.read_bytes()
+    monkeypatch.setattr(atomic_io.tempfile, "mkstemp",
+                        lambda **_: (os.open("/dev/full", os.O_WRONLY), str(tmp_path / ".last.pt.x.tmp")))
+    with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(1 << 20)}, "model_name": "alexnet_tiny"})
+    assert path.read_bytes() == before

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from alexnet_cifar10.config import Config
 from alexnet_cifar10.data.loader import ResidentLoader
-from alexnet_cifar10.evaluation import autocast
+from alexnet_cifar10.device import autocast, native_bf16
 from alexnet_cifar10.models import create_model, forward_flops
-from alexnet_cifar10.training import mean_std, native_bf16
+from alexnet_cifar10.training import mean_std
 
 
 class SeedStyleDataset(Dataset):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from alexnet_cifar10 import pretrained
-from alexnet_cifar10.errors import CheckpointError, ConfigError
+from alexnet_cifar10.errors import CheckpointError, ConfigError, write_failure
 from alexnet_cifar10.io import atomic_write
 from alexnet_cifar10.models import AlexNet, create_model
 
@@ -22,9 +22,9 @@ from alexnet_cifar10.models import AlexNet, create_model
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     try:
         atomic_write(Path(path), lambda f: torch.save(state, f))
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as RuntimeError
         raise CheckpointError(
-            f"cannot write checkpoint {path}: {e.strerror or e}; the previous checkpoint is intact"
+            f"cannot write checkpoint {path}: {write_failure(e)}; the previous checkpoint is intact"
         ) from None
 
 

@@ -249,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
     from alexnet_cifar10.checkpoint import model_from_state, trained_state
-    from alexnet_cifar10.training import select_device
+    from alexnet_cifar10.device import select_device
 
     state = trained_state(weights_of(args))
     device = select_device(args.device)
@@ -331,9 +331,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.benchmark import format_table, run_benchmark
+    from alexnet_cifar10.device import resolve_precision, select_device, set_threads
     from alexnet_cifar10.io import atomic_write_text
     from alexnet_cifar10.models import create_model
-    from alexnet_cifar10.training import resolve_precision, select_device, set_threads
 
     for name in ("steps", "repeats", "batch_size"):
         at_least(getattr(args, name), 1, name.replace("_", "-"))

@@ -105,8 +105,8 @@ class Config:
             raise ConfigError("--optimizer sgd uses Nesterov momentum: --momentum must be positive")
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
             raise ConfigError("--dropout, --label-smoothing and --ema must lie in [0, 1)")
-        if self.crop_pad < 0 or self.cutout < 0 or self.cutout > 32 or self.threads < 0:
-            raise ConfigError("--crop-pad, --cutout and --threads must be 0 or more (cutout at most 32)")
+        if not (0 <= self.crop_pad <= 32 and 0 <= self.cutout <= 32 and self.threads >= 0):
+            raise ConfigError("--crop-pad and --cutout must lie between 0 and 32 pixels, --threads must be 0 or more")
         check_tta_shift(self.tta_shift)
         if self.alternate_flip and not self.flip:
             raise ConfigError("--alternate-flip needs --flip")

@@ -20,6 +20,11 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def write_failure(e: OSError | RuntimeError) -> str:
+    """Why a write failed, in one line: an OSError's reason, or the first line of torch.save's RuntimeError."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)[:200]
+
+
 class DataError(AlexNetCifarError):
     """The data set could not be found, read or trusted."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,14 +14,11 @@ from torch import nn
 from alexnet_cifar10.config import check_tta_shift
 from alexnet_cifar10.data.formats import CLASSES, IMAGE_SUFFIXES, decode_image
 from alexnet_cifar10.data.loader import ResidentLoader
+from alexnet_cifar10.device import autocast
 from alexnet_cifar10.errors import DataError
 
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+PREDICT_BATCH = 256  # images classified at once by predict
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # the largest image file predict reads
 
 
 @dataclass
@@ -154,6 +150,10 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
 def load_image(path: Path) -> tuple[torch.Tensor, tuple[int, int] | None]:
     """An image as float 3 x 32 x 32 in [0, 1]; other sizes are resized (and say from what)."""
     try:
+        if not path.is_file():  # a FIFO or device would block or never end
+            raise DataError(f"{path}: not a regular file")
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise DataError(f"{path}: {path.stat().st_size} bytes; images of at most {MAX_IMAGE_BYTES} bytes are read")
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -180,8 +180,17 @@ def predict(
     device = torch.device(device)
     model.eval()
     results: list[Prediction] = []
-    good: list[tuple[int, torch.Tensor]] = []
-    for path in expand_inputs(paths):
+    good: list[tuple[int, torch.Tensor]] = []  # decoded images waiting for the next batch
+    k = max(1, min(top_k, len(CLASSES)))
+
+    def classify() -> None:
+        probs = logits_of(model, torch.stack([x for _, x in good]).to(device), tta, tta_shift).softmax(1).cpu()
+        values, indices = probs.topk(k, dim=1)
+        for (i, _), vals, idxs in zip(good, values, indices, strict=True):
+            results[i].top = [(CLASSES[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
+        good.clear()
+
+    for path in expand_inputs(paths):  # in batches of PREDICT_BATCH: memory stays flat however many files
         try:
             x, resized = load_image(path)
         except DataError as e:
@@ -189,11 +198,8 @@ def predict(
             continue
         results.append(Prediction(str(path), resized_from=resized))
         good.append((len(results) - 1, x))
+        if len(good) == PREDICT_BATCH:
+            classify()
     if good:
-        batch = torch.stack([x for _, x in good]).to(device)
-        probs = logits_of(model, batch, tta, tta_shift).softmax(1).cpu()
-        k = max(1, min(top_k, len(CLASSES)))
-        values, indices = probs.topk(k, dim=1)
-        for (i, _), vals, idxs in zip(good, values, indices, strict=True):
-            results[i].top = [(CLASSES[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
+        classify()
     return results

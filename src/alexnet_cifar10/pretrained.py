@@ -58,3 +58,4 @@ def is_shipped_name(weights: str | Path) -> bool:
 def resolve(weights: str | Path) -> Path:
     """A checkpoint path for ``weights``: the file of a shipped name, else the path itself."""
     return shipped_file(str(weights)) if is_shipped_name(weights) else Path(weights)
+

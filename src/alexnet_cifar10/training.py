@@ -25,8 +25,14 @@ from alexnet_cifar10.checkpoint import load_checkpoint, rng_state, save_checkpoi
 from alexnet_cifar10.config import Config, flag, load_config
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
+from alexnet_cifar10.device import (
+    autocast,
+    configure_backends,
+    resolve_precision,
+    select_device,
+)
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError, first_line
-from alexnet_cifar10.evaluation import EvalResult, autocast, evaluate
+from alexnet_cifar10.evaluation import EvalResult, evaluate
 from alexnet_cifar10.io import atomic_write_text
 from alexnet_cifar10.models import AlexNet, batch_norms, create_model, dirac_init, freeze_first_conv, whiten_first_conv
 
@@ -59,10 +65,10 @@ class EMA:
     def update(self, model: nn.Module, decay: float | None = None) -> None:
         """Move the average toward ``model``; ``decay`` overrides the warmed-up ``self.decay``."""
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if decay is None else decay
+        decay_now = min(self.decay, (1 + self.updates) / (10 + self.updates)) if decay is None else decay
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
         floats = [(e, c) for e, c in pairs if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], 1 - d)
+        torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], 1 - decay_now)
         for e, c in pairs:
             if not e.is_floating_point():
                 e.copy_(c)
@@ -72,69 +78,20 @@ LOOKAHEAD_EVERY = 5
 
 
 @torch.no_grad()
-def lookahead(average: EMA, model: nn.Module, step: int, total: int) -> None:
+def lookahead(slow_weights: EMA, model: nn.Module, step: int, total: int) -> None:
     """airbench's lookahead after optimizer step ``step`` of ``total``: every ``LOOKAHEAD_EVERY`` steps the
-    average moves toward the weights with a decay of 0.95^5 * progress^3 and the weights are set to it, so
+    the average moves toward the weights with a decay of 0.95^5 * progress^3 and the weights are set to it, so
     early training runs free and late training is held to a slow average; the last step ends on it. A last step
     that is also a fifth step blends first, as airbench's loop does (the update, then the final sync)."""
     if step % LOOKAHEAD_EVERY and step != total:
         return
     fifth = step % LOOKAHEAD_EVERY == 0
-    average.update(model, decay=0.95 ** LOOKAHEAD_EVERY * (step / total) ** 3 if fifth else 1.0)
-    for a, w in zip(average.module.state_dict().values(), model.state_dict().values(), strict=True):
+    slow_weights.update(model, decay=0.95 ** LOOKAHEAD_EVERY * (step / total) ** 3 if fifth else 1.0)
+    for a, w in zip(slow_weights.module.state_dict().values(), model.state_dict().values(), strict=True):
         w.copy_(a)
 
 
 # --------------------------------------------------------------------------- set-up helpers
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    return torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX-512-BF16 or AMX.
-    A CPU without them emulates bf16 at a fraction of its fp32 speed (BENCHMARKS.md)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8  # Ampere and later
-    probe = getattr(torch.cpu, "get_capabilities", None)  # newer than the oldest torch we accept
-    capabilities = probe() if probe is not None else {}
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a run computes in: ``auto`` becomes bf16 where ``device`` does it natively, else fp32.
-    fp16 without CUDA is refused; bf16 on a CPU that only emulates it is allowed, with a warning."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
-    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
-        print(f"warning: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 instructions "
-              "(AVX-512-BF16 or AMX): bf16 is emulated and much slower than fp32 here (see BENCHMARKS.md)",
-              file=sys.stderr)
-    return precision
-
-
-def set_threads(threads: int) -> None:
-    """CPU threads for torch's kernels; 0 means one per core."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-
-
-def configure_backends(config: Config, device: torch.device) -> None:
-    set_threads(config.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = not config.deterministic
-        torch.backends.cudnn.allow_tf32 = not config.deterministic
-        if config.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, as fractions of 255."""
     total = torch.zeros(3, dtype=torch.float64)
@@ -249,6 +206,12 @@ def make_run_dir(config: Config, resume: bool, create: bool = True) -> Path:
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out/--name"
         )
+    if not resume and run_dir.is_dir():  # never write over a user's own files
+        foreign = sorted(p.name for p in run_dir.iterdir()
+                         if p.name not in (*RUN_FILES, "tensorboard") and not p.name.startswith("."))
+        if foreign:
+            raise ConfigError(f"{run_dir} holds files that are not a run's ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); give --out a new or empty folder")
     if not create:
         return run_dir
     try:
@@ -291,15 +254,15 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
     device = select_device(config.device)
     # config.json and the checkpoints record what the run computes in, not "auto": a resume keeps it
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
-    d, device = distributed.setup(device)
+    dist, device = distributed.setup(device)
     try:
-        return _train(config, state, data, device, d, cache_dir)
+        return _train(config, state, data, device, dist, cache_dir)
     except (RuntimeError, torch.distributed.DistError) as e:
-        if not d.enabled:
+        if not dist.enabled:
             raise
         raise distributed.peer_error(e) from None
     finally:
-        distributed.cleanup(d)
+        distributed.cleanup(dist)
 
 
 def resumed_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
@@ -353,14 +316,14 @@ def provenance(run_dir: Path, state: dict[str, Any] | None, device: torch.device
 
 
 def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, device: torch.device,
-           d: distributed.Dist, cache_dir: str | None) -> TrainResult:
+           dist: distributed.Dist, cache_dir: str | None) -> TrainResult:
     configure_backends(config, device)
-    main = d.is_main  # rank 0 alone prints, plots and writes the run folder
-    if d.enabled and config.name == "" and config.out == "":
+    is_main = dist.is_main  # rank 0 alone prints, plots and writes the run folder
+    if dist.enabled and config.name == "" and config.out == "":
         raise ConfigError("under torchrun give the run folder explicitly (--out DIR or --name NAME), so that "
                           "every rank agrees on it")
-    run_dir = make_run_dir(config, resume=state is not None, create=main)
-    progress = config.progress and main
+    run_dir = make_run_dir(config, resume=state is not None, create=is_main)
+    progress = config.progress and is_main
 
     # data: everything resident on the device as uint8
     if data is None:
@@ -372,12 +335,12 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     loader = ResidentLoader(data.train.images, data.train.labels, config.batch_size, train=True,
                             device=device, seed=config.seed, pad=config.crop_pad, flip=config.flip,
                             alternate_flip=config.alternate_flip, cutout=config.cutout,
-                            channels_last=config.channels_last, rank=d.rank, world=d.world)
+                            channels_last=config.channels_last, rank=dist.rank, world=dist.world)
     if len(loader) == 0:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images")
-    if config.batch_size % d.world:
+    if config.batch_size % dist.world:
         raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
-                          f"{d.world} ranks, so that every rank gets an equal slice")
+                          f"{dist.world} ranks, so that every rank gets an equal slice")
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = ResidentLoader(data.val.images, data.val.labels, 1000, train=False, device=device,
@@ -401,13 +364,13 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(loader)))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     ema = EMA(model, config.ema) if config.ema else None
-    average = EMA(model, 0.0) if config.lookahead else None  # lookahead's slow weights
+    slow_weights = EMA(model, 0.0) if config.lookahead else None  # lookahead's slow weights
     total_steps = config.epochs * len(loader)
-    if average is not None and total_steps < LOOKAHEAD_EVERY and main:
+    if slow_weights is not None and total_steps < LOOKAHEAD_EVERY and is_main:
         print(f"warning: --lookahead averages every {LOOKAHEAD_EVERY} steps and this run has {total_steps}, so it "
               "ends on its starting weights; add --no-lookahead", file=sys.stderr)
-    ddp = distributed.wrap(model, d, device)
-    step_fn = torch.compile(ddp) if config.compile else ddp
+    wrapped = distributed.wrap(model, dist, device)
+    forward = torch.compile(wrapped) if config.compile else wrapped
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history: list[dict[str, Any]] = []
@@ -422,32 +385,32 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
             if ema is not None and state.get("ema_model") is not None:
                 ema.module.load_state_dict(state["ema_model"])
                 ema.updates = state["ema_updates"]
-            if average is not None:
-                average.module.load_state_dict(state["lookahead_model"])
+            if slow_weights is not None:
+                slow_weights.module.load_state_dict(state["lookahead_model"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"the checkpoint does not fit the run's config ({first_line(e)})") from None
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         best_acc, history = state["best_acc"], list(state["history"])
         partial = dict(state["partial"])
         set_rng_state(state["rng"])
-    if d.rank:  # rank 0 keeps the single-process RNG stream; the others get their own dropout masks
-        torch.manual_seed(config.seed * 1_000_003 + d.rank * 7919 + global_step)
+    if dist.rank:  # rank 0 keeps the single-process RNG stream; the others get their own dropout masks
+        torch.manual_seed(config.seed * 1_000_003 + dist.rank * 7919 + global_step)
 
     cfg = config.to_dict()
-    if main:
+    if is_main:
         atomic_write_text(run_dir / "config.json", json.dumps(
-            {**cfg, **provenance(run_dir, state, device, d.world)}, indent=2))
-    writer = open_tensorboard(run_dir) if config.tensorboard and main else None
+            {**cfg, **provenance(run_dir, state, device, dist.world)}, indent=2))
+    writer = open_tensorboard(run_dir) if config.tensorboard and is_main else None
 
     def checkpoint(epoch: int, step: int, path: Path, sums: dict[str, Any]) -> None:
-        if not main:
+        if not is_main:
             return
         save_checkpoint(path, {
             **model_identity(config),
             "model": model.state_dict(),
             "ema_model": ema.module.state_dict() if ema is not None else None,
             "ema_updates": ema.updates if ema is not None else 0,
-            "lookahead_model": average.module.state_dict() if average is not None else None,
+            "lookahead_model": slow_weights.module.state_dict() if slow_weights is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -464,7 +427,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                t0: float) -> dict[str, Any]:
         """Epoch sums over every rank (one collective when distributed), plus what a resumed
         checkpoint had already summed."""
-        loss_sum, n_correct, images = distributed.all_sum([float(loss), float(correct), seen], d, device)
+        loss_sum, n_correct, images = distributed.all_sum([float(loss), float(correct), seen], dist, device)
         return {"loss_sum": partial["loss_sum"] + loss_sum, "correct": partial["correct"] + int(n_correct),
                 "seen": partial["seen"] + int(images), "seconds": time.perf_counter() - t0}
 
@@ -480,7 +443,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                        disable=not progress, unit="step", leave=False)
             for step, (x, y) in enumerate(loader.iterate(epoch, start_step), start=start_step):
                 with autocast(device, config.precision):
-                    logits = step_fn(x)
+                    logits = forward(x)
                     loss = criterion(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -488,8 +451,8 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                 scaler.update()
                 scheduler.step()
                 global_step += 1
-                if average is not None:
-                    lookahead(average, model, global_step, total_steps)
+                if slow_weights is not None:
+                    lookahead(slow_weights, model, global_step, total_steps)
                 if ema is not None:
                     ema.update(model)
                 dev_loss += loss.detach().double() * len(y)
@@ -498,10 +461,10 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
                 bar.update(1)
                 if progress and (step % 25 == 0 or step == len(loader) - 1):  # the only sync, for the bar
                     bar.set_postfix(loss=f"{float(dev_loss) / seen:.3f}", acc=f"{int(dev_correct) / seen:.3f}",
-                                    ips=f"{d.world * seen / (time.perf_counter() - t0 - partial['seconds']):.0f}")
+                                    ips=f"{dist.world * seen / (time.perf_counter() - t0 - partial['seconds']):.0f}")
                 # a collective under torchrun, so only every STOP_CHECK steps (and identically on every rank)
-                stopping = (stop["signal"] is not None if not d.enabled else
-                            global_step % STOP_CHECK == 0 and distributed.any_rank(stop["signal"] is not None, d,
+                stopping = (stop["signal"] is not None if not dist.enabled else
+                            global_step % STOP_CHECK == 0 and distributed.any_rank(stop["signal"] is not None, dist,
                                                                                      device))
                 if stopping or (config.checkpoint_every and global_step % config.checkpoint_every == 0):
                     sums = totals(dev_loss, dev_correct, seen, partial, t0)
@@ -536,7 +499,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
             if improved or val_loader is None:  # best.pt first: a crash between the two keeps them consistent
                 checkpoint(epoch + 1, 0, run_dir / "best.pt", partial)
             checkpoint(epoch + 1, 0, run_dir / "last.pt", partial)
-            if main:
+            if is_main:
                 write_metrics(run_dir, history)
                 reporting.plot_curves(history, run_dir / "curves.png")
             if writer is not None:
@@ -552,7 +515,7 @@ def _train(config: Config, state: dict[str, Any] | None, data: Cifar10 | None, d
     if writer is not None:
         writer.close()
 
-    final = finish(run_dir, config, data, eval_model(), history, device) if main else None
+    final = finish(run_dir, config, data, eval_model(), history, device) if is_main else None
     return TrainResult(run_dir=run_dir, history=history, final=final, model=eval_model())
 
 

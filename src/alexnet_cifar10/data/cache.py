@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from alexnet_cifar10.data.formats import Decoded
+from alexnet_cifar10.errors import write_failure
 from alexnet_cifar10.io import atomic_write
 
 CACHE_VERSION = 2  # 2: cut plain .tar files are refused; a cache decoded from one must not be reused
@@ -69,6 +70,6 @@ def save_cache(path: Path, fmt: str, splits: Decoded) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: torch.save(blob, f))
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as RuntimeError
         # the cache is an optimisation: a read-only or full disk must not stop the run
-        print(f"warning: cannot write cache {path}: {e.strerror or e}", file=sys.stderr)
+        print(f"warning: cannot write cache {path}: {write_failure(e)}", file=sys.stderr)

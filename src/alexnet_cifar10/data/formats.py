@@ -302,10 +302,18 @@ def read_binary(source: Source, root: str) -> Decoded:
 
 
 # --------------------------------------------------------------------------- image folders
+IMAGE_FORMATS = ("PNG", "JPEG")  # what is decoded; Pillow's other formats (PostScript, ...) are never tried
+MAX_IMAGE_SIDE = 4096  # pixels a side of an image given to predict, checked before it is decoded
+
+
 def decode_image(data: bytes, where: str, *, strict: bool = True) -> np.ndarray:
-    """Decode one image to H x W x 3 uint8; ``strict`` demands 32x32 RGB as stored."""
+    """Decode one PNG or JPEG image to H x W x 3 uint8; ``strict`` demands 32x32 RGB as stored, otherwise any
+    size up to ``MAX_IMAGE_SIDE`` pixels a side."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            if max(img.size) > MAX_IMAGE_SIDE:
+                raise DataError(f"{where}: image is {img.size[0]}x{img.size[1]}; at most {MAX_IMAGE_SIDE} pixels a "
+                                "side are decoded")
             if strict and img.size != (32, 32):
                 raise DataError(f"{where}: image is {img.size[0]}x{img.size[1]}, expected 32x32")
             if strict and img.mode != "RGB":
