@@ -18,8 +18,8 @@ if _SRC not in sys.path:
 def alexnet_cifar10(weights=None, variant="alexnet_narrow_bn", map_location="cpu"):  # noqa: ANN001, ANN201
     """An AlexNet variant for CIFAR-10, in eval mode.
 
-    weights: "seed" or "best" (trained weights shipped with the package), or a checkpoint (.pt) or .safetensors
-    path or URL, loaded through the project's safe loader
+    weights: the name of trained weights shipped with the package, or a checkpoint (.pt) or .safetensors path
+    or URL, loaded through the project's safe loader
     (tensors and plain values only); None gives the untrained ``variant``.
     """
     import torch

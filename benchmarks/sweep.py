@@ -28,7 +28,7 @@ from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.models import MODELS, ModelSpec
 from alexnet_cifar10.training import RESUME_OVERRIDES
 
-SIZES = "sweep-sizes.json"  # a kept run's proxy data sizes, beside its config.json
+SIZES = ".sweep-sizes.json"  # a kept run's proxy data sizes, beside its config.json (hidden: not a run file)
 
 
 def main() -> None:

@@ -130,7 +130,7 @@ def model_from_state(state: dict[str, Any]) -> AlexNet:
 
 def trained_state(weights: str | Path) -> dict[str, Any]:
     """The weights to use for inference, from a checkpoint or .safetensors path or the name of shipped weights
-    ("seed", "best"): the EMA ones when the run kept them."""
+    (``pretrained.shipped()``): the EMA ones when the run kept them."""
     state = load_checkpoint(pretrained.resolve(weights))
     if state.get("ema_model") is not None:
         state = {**state, "model": state["ema_model"]}
@@ -138,7 +138,7 @@ def trained_state(weights: str | Path) -> dict[str, Any]:
 
 
 def load_model(weights: str | Path, device: str | torch.device = "cpu") -> AlexNet:
-    """The trained model of shipped weights ("seed", "best") or of a checkpoint or .safetensors path, in eval
+    """The trained model of shipped weights (by name) or of a checkpoint or .safetensors path, in eval
     mode, in float32 (EMA weights when the run kept them).
 
     It takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself.

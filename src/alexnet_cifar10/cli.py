@@ -130,7 +130,7 @@ def build_parser() -> Parser:
     return parser
 
 
-WEIGHTS_HELP = "shipped trained weights (seed or best), or a checkpoint or .safetensors path"
+WEIGHTS_HELP = "the name of trained weights shipped with the package, or a checkpoint or .safetensors path"
 
 
 def add_weights_flags(p: argparse.ArgumentParser) -> None:
@@ -145,11 +145,11 @@ def weights_of(args: argparse.Namespace) -> str:
         if args.weights is None:
             if len(args.inputs) < 2:
                 raise ConfigError("predict needs a checkpoint and images: predict CHECKPOINT IMAGE... or "
-                                  "predict --weights seed IMAGE...")
+                                  "predict --weights NAME_OR_PATH IMAGE...")
             args.weights, args.inputs = args.inputs[0], args.inputs[1:]
         return args.weights
     if (args.weights is None) == (args.checkpoint is None):
-        raise ConfigError("give the weights once: a CHECKPOINT argument or --weights seed|best|PATH")
+        raise ConfigError("give the weights once: a CHECKPOINT argument or --weights NAME_OR_PATH")
     return args.weights or args.checkpoint
 
 
