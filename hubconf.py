@@ -8,7 +8,7 @@ import hashlib
 import os
 import sys
 
-dependencies = ["torch", "numpy", "PIL", "tqdm", "matplotlib"]
+dependencies = ["torch", "numpy", "PIL", "tqdm", "matplotlib", "safetensors"]
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 if _SRC not in sys.path:

@@ -53,29 +53,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def require(module: str):  # noqa: ANN201 - the module
+def require(module: str, install: str = "'alexnet-cifar10[export]'"):  # noqa: ANN201 - the module
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
         package = module.split(".")[0]
-        raise ConfigError(f"this needs the {package} package: pip install 'alexnet-cifar10[export]'") from None
+        raise ConfigError(f"this needs the {package} package: pip install {install}") from None
 
 
 def save_safetensors(state: dict[str, Any], out: Path, half: bool = False) -> None:
     """``state``'s weights as a .safetensors file (tensors only), with the model name and the run's settings as
     JSON text in its metadata; ``half`` stores the floating-point tensors in float16."""
-    st = require("safetensors.torch")
+    st = require("safetensors.torch", install="safetensors")
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state["model"].items()}
     metadata = {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs", {})),
                 "format": "alexnet-cifar10"}
     if state.get("config"):  # the run's settings: evaluate and predict then use its test-time augmentation
         metadata["config"] = json.dumps(state["config"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out), lambda f: f.write(st.save(tensors, metadata=metadata)))
 
 
 def load_safetensors(path: str | Path) -> dict:
     """A checkpoint-like dict from a .safetensors file: tensors only, nothing executed."""
-    st = require("safetensors")
+    st = require("safetensors", install="safetensors")
     try:
         with st.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

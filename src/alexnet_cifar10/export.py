@@ -54,12 +54,12 @@ def export_onnx(model: nn.Module, out: Path) -> None:
 def check_onnx(model: nn.Module, onnx_file: Path, images: torch.Tensor, batch: int = 250) -> OnnxCheck:
     """Compare ONNX Runtime with PyTorch on float images in [0, 1]."""
     ort = require("onnxruntime")
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    runtime = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     diff, agree = 0.0, 0
     with torch.no_grad():
         for x in images.split(batch):
             ref = model(x)
-            got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+            got = torch.from_numpy(runtime.run(None, {"images": x.numpy()})[0])
             diff = max(diff, float((got - ref).abs().max()))
             agree += int((got.argmax(1) == ref.argmax(1)).sum())
     return OnnxCheck(len(images), diff, agree / max(len(images), 1))

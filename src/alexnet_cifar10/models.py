@@ -160,7 +160,16 @@ _RETIRED: dict[str, dict[str, object]] = {
     "alexnet_fast": {**MODELS["alexnet_narrow_bn"].kwargs, "batch_norm": False},
     "alexnet_fast_pool_first_bn": {**MODELS["alexnet_narrow_bn"].kwargs, "pool_first": True},
     "alexnet_big_pool_first_bn": {"convs": _LARGE_CONVS, **_POOL_FIRST},
+    "alexnet_hires_pool_first_bn": {"convs": ((64, 3, 1), (192, 3, 1), (256, 3, 1), (384, 3, 1), (256, 3, 1)),
+                                    **_POOL_FIRST},
+    "alexnet_small": {"convs": ((64, 3, 2), *_ALEXNET_CONVS[1:]), "pool_after": (0, 1, 4), "hidden": 4096},
 }
+for _name, _convs, _pools in (("alexnet_k5", ((64, 5, 1), (192, 5, 1), *_ALEXNET_CONVS[2:]), (0, 1, 4)),
+                              ("alexnet_wide", ((96, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1)),
+                               (0, 1, 4)),
+                              ("alexnet_fast64", ((64, 3, 1), *_NARROW_CONVS[1:]), (0, 1, 3, 4))):
+    for _bn in (False, True):  # each with and without BatchNorm, as they were registered
+        _RETIRED[_name + "_bn" * _bn] = {"convs": _convs, "pool_after": _pools, "hidden": 1024, "batch_norm": _bn}
 
 
 def model_kwargs(name: str) -> dict[str, object]:

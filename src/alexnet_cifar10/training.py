@@ -248,7 +248,7 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         if missing:
             raise CheckpointError(f"{checkpoint_file}: holds weights but no training state ({', '.join(missing)}); "
                                   "--resume needs a run's last.pt")
-        config = resumed_config(resume if resume.is_dir() else resume.parent, overrides or {})
+        config = resumed_config(resume, overrides or {})
         check_resume_model(config, state, checkpoint_file)
     config.validate()
     device = select_device(config.device)
@@ -265,8 +265,10 @@ def train(config: Config, *, resume: str | Path | None = None, data: Cifar10 | N
         distributed.cleanup(dist)
 
 
-def resumed_config(run_dir: Path, overrides: dict[str, Any]) -> Config:
-    """The config a resumed run continues with: its config.json, with the few ``overrides`` a resume allows."""
+def resumed_config(resume: Path, overrides: dict[str, Any]) -> Config:
+    """The config a resumed run continues with: the config.json of ``resume`` (a run folder or a checkpoint in
+    one), with the few ``overrides`` a resume allows."""
+    run_dir = resume if resume.is_dir() else resume.parent
     bad = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if bad:
         raise ConfigError(f"--resume keeps the run's config; only {', '.join(map(flag, RESUME_OVERRIDES))} "
