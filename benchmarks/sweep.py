@@ -21,12 +21,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from alexnet_cifar10 import Cifar10, Config, evaluate, load_cifar10, make_config, train
+from alexnet_cifar10 import Cifar10, Config, evaluate, load_cifar10, make_config, resume, train
 from alexnet_cifar10.config import load_config
 from alexnet_cifar10.data.splits import Split, stratified_split
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.models import MODELS, ModelSpec
-from alexnet_cifar10.training import RESUME_OVERRIDES
+from alexnet_cifar10.runs import RESUME_OVERRIDES
 
 SIZES = ".sweep-sizes.json"  # a kept run's proxy data sizes, beside its config.json (hidden: not a run file)
 
@@ -110,13 +110,16 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_va
         folder = Path(keep or tmp) / run["name"]
         config.out = str(folder)
         try:
-            resume = stopped_run(folder, config, sizes)
-            if resume:
+            stopped = stopped_run(folder, config, sizes)
+            if stopped:
                 print(f"{run['name']:<28} resumes its stopped run in {folder}", flush=True)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / SIZES).write_text(json.dumps(sizes))
-            result = train(config, data=replace(data, val=epoch_val), resume=resume,
-                           overrides={k: getattr(config, k) for k in RESUME_OVERRIDES} if resume else None)
+            if stopped:
+                result = resume(folder, dataset=replace(data, val=epoch_val),
+                                **{k: getattr(config, k) for k in RESUME_OVERRIDES})
+            else:
+                result = train(config, data=replace(data, val=epoch_val))
         except AlexNetCifarError as e:
             print(f"{run['name']:<28} Error: {e}", flush=True)
             return {"name": run["name"], "config": run["config"], "error": str(e)}

@@ -307,7 +307,7 @@ def test_a_run_is_repeated_bit_identically_from_its_config(trained_run: Path, ti
 
 
 def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path: Path) -> None:
-    from alexnet_cifar10.training import git_commit
+    from alexnet_cifar10.runs import git_commit
 
     assert git_commit(tmp_path) == "unknown"
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -342,7 +342,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(capabilities: dict, ex
                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--precision auto resolves once, and config.json (which a resume reads) records what the run computed in."""
     from alexnet_cifar10 import train
-    from alexnet_cifar10.training import resolve_precision
+    from alexnet_cifar10.device import resolve_precision
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     assert resolve_precision("auto", torch.device("cpu")) == expected
@@ -355,7 +355,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(capabilities: dict, ex
 def test_bf16_warns_only_on_a_cpu_that_emulates_it(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from alexnet_cifar10.errors import ConfigError
-    from alexnet_cifar10.training import resolve_precision
+    from alexnet_cifar10.device import resolve_precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})

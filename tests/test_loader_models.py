@@ -13,7 +13,8 @@ from alexnet_cifar10.config import make_config
 from alexnet_cifar10.data.loader import ResidentLoader, augment, draw
 from alexnet_cifar10.errors import ConfigError
 from alexnet_cifar10.models import MODELS, create_model, dirac_init, forward_flops, whiten_first_conv
-from alexnet_cifar10.training import EMA, build_optimizer, lookahead, lr_factor, mean_std
+from alexnet_cifar10.optimization import EMA, build_optimizer, lookahead, lr_factor
+from alexnet_cifar10.training import mean_std
 
 
 def reference_augment(img: np.ndarray, dy: int, dx: int, flip: bool, pad: int) -> np.ndarray:

@@ -183,3 +183,81 @@ def test_a_full_disk_during_torch_save_keeps_the_previous_checkpoint(tmp_path: P
     with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
         save_checkpoint(path, {"model": {"w": torch.zeros(1 << 20)}, "model_name": "alexnet_tiny"})
     assert path.read_bytes() == before
+
+
+def test_a_second_training_on_a_run_folder_in_use_is_refused(tiny_png: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = start(tiny_png, run, False, "--epochs", "200")
+    try:
+        wait_for(lambda: (run / "last.pt").exists())
+        for proc in (start(tiny_png, run, resume=True), start(tiny_png, run, resume=False)):
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+            assert str(run) in err and ("in use by another training" in err or "already holds a run" in err)
+        resumed = start(tiny_png, run, resume=True)
+        _, err = resumed.communicate(timeout=120)
+        assert "in use by another training" in err
+        assert first.poll() is None  # the first run trains on, undisturbed
+    finally:
+        first.kill()
+        first.wait()
+    finish(tiny_png, run)  # the lock dies with its process: the killed run resumes
+
+
+def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tiny_png: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(victim)
+    proc = start(tiny_png, run, resume=False)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "symbolic link" in err and "Traceback" not in err, err
+    assert victim.read_text() == "the user's file\n" and sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # noqa: ANN201 - yields (folder, how to run a command on a full disk)
+    """A folder on a real 8 MiB tmpfs where this process may mount one (root), else a plain folder whose
+    writers run under RLIMIT_FSIZE; either way a checkpoint write meets a real ENOSPC or EFBIG."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    yield folder, mounted
+    if mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_ends_in_one_line_and_keeps_the_checkpoint(tiny_png: Path, small_disk) -> None:  # noqa: ANN001
+    import resource
+
+    folder, mounted = small_disk
+    run = folder / "run"
+    proc = start(tiny_png, run, False, "--epochs", "1", "--checkpoint-every", "0")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    before = (run / "last.pt").read_bytes()
+    limit = None
+    if mounted:  # fill what is left of the file system
+        with open(folder / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    else:  # no file of the resumed run may grow past 1 KiB: the new checkpoint cannot be written
+        limit = 1024
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    resumed = subprocess.run([sys.executable, "-m", "alexnet_cifar10", "train", "--resume", str(run), "--epochs", "2",
+                              "--no-progress"], capture_output=True, text=True, timeout=300,
+                             preexec_fn=limited if limit else None)
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr, resumed.stderr
+    line = resumed.stderr.strip().splitlines()[-1]
+    assert "previous checkpoint is intact" in line or "cannot write" in line, resumed.stderr
+    assert (run / "last.pt").read_bytes() == before
+    assert not list(run.glob(".last.pt.*.tmp")) and not list(run.glob(".best.pt.*.tmp"))

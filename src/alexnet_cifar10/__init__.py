@@ -26,7 +26,7 @@ _EXPORTS = {
     "AlexNetCifarError": "errors",
     "EvalResult": "evaluation", "evaluate": "evaluation", "predict": "evaluation",
     "MODELS": "models", "AlexNet": "models", "create_model": "models",
-    "TrainResult": "training", "train": "training",
+    "TrainResult": "training", "train": "training", "resume": "training",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -217,8 +217,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from alexnet_cifar10.data import load_cifar10
-    from alexnet_cifar10.training import make_run_dir, resumed_config, train
+    from alexnet_cifar10.runs import resumed_config
+    from alexnet_cifar10.training import resume, train
 
     given = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
     if args.config and (args.resume or "recipe" in given):
@@ -228,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.print_config:
             print(json.dumps(resumed_config(Path(args.resume), given).to_dict(), indent=2))
             return 0
-        result = train(Config(), resume=args.resume, overrides=given, cache_dir=args.cache_dir)
+        result = resume(args.resume, cache_dir=args.cache_dir, **given)
     else:
         if args.config:
             config = config_from_file(Path(args.config), **given)
@@ -237,10 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.print_config:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
-        make_run_dir(config, resume=False, create=False)  # refuse an existing run before loading data
-        data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
-                            cache_dir=args.cache_dir, progress=config.progress and sys.stderr.isatty())
-        result = train(config, data=data)
+        result = train(config, cache_dir=args.cache_dir)
     final = result.final
     if final is not None:
         print(f"{final.split} accuracy {100 * final.accuracy:.2f}%; run folder {result.run_dir}")
