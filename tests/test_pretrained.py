@@ -97,3 +97,29 @@ def test_a_run_ships_as_float16_weights_with_what_the_json_promises(tmp_path: Pa
     assert now == pytest.approx(info["val_accuracy"]["plain"]) and full == pytest.approx(
         info["val_accuracy_float32"]["plain"])
 
+
+
+def test_the_shipped_seed_weights_reproduce_their_recorded_validation_results() -> None:
+    """The package's seed weights, loaded by name, give the validation accuracy and the predictions their JSON
+    records, on the validation split of the shared training archive."""
+    import os
+
+    from conftest import SHARED_ARCHIVE
+
+    from alexnet_cifar10.data import load_cifar10
+    from alexnet_cifar10.evaluation import evaluate
+
+    if not SHARED_ARCHIVE.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SHARED_ARCHIVE} is missing, and CI=true: the shipped-weights check must run")
+        pytest.skip(f"{SHARED_ARCHIVE} is not on this machine")
+    info = pretrained.shipped_info("seed")
+    data = load_cifar10(SHARED_ARCHIVE, val_size=info["training_data"]["val_images"],
+                        seed=info["training_data"]["split_seed"])
+    assert len(data.train) == info["training_data"]["train_images"]
+    model = load_model("seed")
+    result = evaluate(model, data.val.images, data.val.labels)
+    assert result.accuracy == pytest.approx(info["val_accuracy"]["plain"], abs=2e-4)  # float16 weights, in fp32
+    recorded = info["check_predictions_float32"]
+    agree = sum(int(c) == int(p) for c, p in zip(recorded, result.predictions[: len(recorded)], strict=True))
+    assert agree >= 0.99 * len(recorded)
