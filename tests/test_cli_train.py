@@ -354,8 +354,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(capabilities: dict, ex
 
 def test_bf16_warns_only_on_a_cpu_that_emulates_it(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from alexnet_cifar10.errors import ConfigError
     from alexnet_cifar10.device import resolve_precision
+    from alexnet_cifar10.errors import ConfigError
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
