@@ -5,9 +5,18 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import struct
 import subprocess
 import sys
 import tarfile
+import threading
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +87,58 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes = b"x", **attrs: obj
     tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
 
 
+# --------------------------------------------------------------------------- archive bombs, built small
+def tar_header(name: str, size: int = 0, type: bytes = tarfile.REGTYPE, **attrs: object) -> bytes:  # noqa: A002
+    """One tar header block (GNU format, so sizes of any length fit) for a member of ``size`` bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, type
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+def sparse_header(name: str, real_size: int) -> bytes:
+    """An old-GNU sparse member header: no data stored, one empty region, and ``real_size`` claimed."""
+    block = bytearray(tar_header(name, 0, tarfile.GNUTYPE_SPARSE))
+    block[386:398] = tarfile.itn(0, 12, tarfile.GNU_FORMAT)  # the first region: offset 0 ...
+    block[398:410] = tarfile.itn(0, 12, tarfile.GNU_FORMAT)  # ... of 0 bytes
+    block[483:495] = tarfile.itn(real_size, 12, tarfile.GNU_FORMAT)  # the size the member claims
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def padded(n: int) -> int:
+    """Zero bytes that pad ``n`` bytes of member data to a whole tar block."""
+    return -n % tarfile.BLOCKSIZE
+
+
+def write_gzip(path: Path, pieces: list[bytes | int]) -> Path:
+    """A .gz file of ``pieces`` (bytes, or an int for that many zero bytes), built in a blink: each MiB of zeros is
+    one deflate block compressed once and repeated, so a gigabyte costs a megabyte and no compression time."""
+    mib = 1 << 20
+    zero_block = zlib.compressobj(9, zlib.DEFLATED, -15)
+    repeated = zero_block.compress(bytes(mib)) + zero_block.flush(zlib.Z_FULL_FLUSH)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    crc = 0
+    zeros = bytes(mib)
+    with open(path, "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+        for piece in pieces:
+            if isinstance(piece, int):
+                whole, rest = divmod(piece, mib)
+                for _ in range(whole):
+                    f.write(repeated)  # after a full flush, no block refers back past it: repeats are valid
+                    crc = zlib.crc32(zeros, crc)
+                piece = bytes(rest)
+            f.write(deflate.compress(piece) + deflate.flush(zlib.Z_FULL_FLUSH))
+            crc = zlib.crc32(piece, crc)
+        f.write(deflate.flush())
+        total = sum(p if isinstance(p, int) else len(p) for p in pieces)
+        f.write(struct.pack("<II", crc, total & 0xFFFFFFFF))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALEXNET_CIFAR10_CACHE", str(tmp_path_factory.mktemp("cache")))
@@ -110,3 +171,215 @@ def split_counts(stdout: str) -> dict[str, str]:
         if parts and parts[0] in ("train", "val", "test"):
             rows[parts[0]] = parts[1]
     return rows
+
+
+# --------------------------------------------------------------------------- a real HTTP server on 127.0.0.1
+@dataclass
+class ServerState:
+    """What the server sends, and what it was asked for.
+
+    ``mode``: "ok" (Range honoured), "no-range" (Range ignored), "error" (500), "cut" (half the body of the
+    announced length), "chunked-cut" (a chunked body cut inside a chunk), "no-length" (the body, then the
+    connection closes), "endless" (bytes without end and without a length), "huge-length" (a length of a
+    terabyte), "garbage" (no HTTP at all), "close" (the connection closes unanswered), "redirect" (302 to
+    ``location``).
+    """
+
+    payload: bytes
+    mode: str = "ok"
+    location: str = ""
+    ranges: list[str | None] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HttpServer
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        try:
+            self._answer()
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: what "endless" expects
+            self.close_connection = True
+
+    def _answer(self) -> None:
+        state = self.server.state
+        state.paths.append(self.path)
+        header = self.headers.get("Range")
+        state.ranges.append(header)
+        if state.mode == "error":
+            self.send_error(500, "Internal Server Error")
+            return
+        if state.mode in ("garbage", "close"):
+            self.wfile.write(b"this is not HTTP\r\n\r\n" if state.mode == "garbage" else b"")
+            self.close_connection = True
+            return
+        if state.mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", state.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data, start = state.payload, 0
+        match = re.fullmatch(r"bytes=(\d+)-", header or "")
+        if match and state.mode != "no-range":
+            start = int(match.group(1))
+            if start >= len(data) and state.mode != "endless":
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Type", "application/gzip")
+        self.close_connection = True
+        if state.mode == "endless":
+            self.end_headers()
+            chunk = bytes(1 << 20)
+            while True:
+                self.wfile.write(chunk)
+        if state.mode == "chunked-cut":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n" % len(body) + body[: len(body) // 2])
+            return
+        if state.mode == "huge-length":
+            self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            self.wfile.write(body[:100])
+            return
+        if state.mode != "no-length":
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if state.mode == "cut" else body)
+        self.wfile.flush()
+
+
+class HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    state: ServerState
+
+    def url(self, path: str) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+
+@contextmanager
+def http_server(payload: bytes) -> Iterator[HttpServer]:
+    """A threaded HTTP server on 127.0.0.1 (a free port) that serves ``payload`` as its ``ServerState`` says."""
+    httpd = HttpServer(("127.0.0.1", 0), _Handler)
+    httpd.state = ServerState(payload)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- hostile checkpoints
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _tiny_state(**changes: object) -> dict[str, object]:
+    import torch
+
+    from alexnet_cifar10.models import create_model
+
+    torch.manual_seed(0)
+    state = {"model": create_model("alexnet_tiny").state_dict(), "model_name": "alexnet_tiny", "model_kwargs": {},
+             "config": {"tta": False, "tta_shift": 0}}
+    return {**state, **changes}
+
+
+def _weights(**changes: object) -> dict[str, object]:
+    return {**_tiny_state()["model"], **changes}
+
+
+# what each hostile checkpoint is, and a phrase of the one line that refuses it
+HOSTILE_CHECKPOINTS: dict[str, tuple[Callable[[Path], object], str]] = {
+    "text": (lambda marker: b"this is not a checkpoint\n", "not a PyTorch checkpoint"),
+    "empty": (lambda marker: b"", "not a PyTorch checkpoint"),
+    "list": (lambda marker: [1, 2, 3], "not an alexnet-cifar10 checkpoint"),
+    "wrong-types": (lambda marker: {"model": 5, "model_name": 3}, "model_name is not a string"),
+    "weights-not-a-dict": (lambda marker: {"model": 5, "model_name": "alexnet_tiny"}, "model is not a dict"),
+    "dropout-text": (lambda marker: {"model": {}, "model_name": "alexnet", "model_kwargs": {"dropout": "x"}},
+                     "dropout='x' is not a number in [0, 1)"),
+    "huge-classes": (lambda marker: _tiny_state(model_kwargs={"num_classes": 10**9}), "num_classes=1000000000"),
+    "huge-hidden": (lambda marker: _tiny_state(model_kwargs={"hidden": 10**6}), "hidden=1000000"),
+    "huge-network": (lambda marker: _tiny_state(model_kwargs={"convs": [[4096, 11, 1]] * 8, "pool_after": []}),
+                     "more than the 100,000,000 limit"),
+    "unknown-setting": (lambda marker: _tiny_state(model_kwargs={"explode": True}), "no setting 'explode'"),
+    "unknown-model": (lambda marker: _tiny_state(model_name="resnet9000"), "unknown model 'resnet9000'"),
+    "kwargs-not-a-dict": (lambda marker: _tiny_state(model_kwargs=[1]), "model_kwargs is not a dict"),
+    "wrong-shape": (lambda marker: {**_tiny_state(), "model": _weights(**{"classifier.6.weight": _zeros(5, 64)})},
+                    "classifier.6.weight has shape (5, 64)"),
+    "missing-weights": (lambda marker: _tiny_state(model={}), "missing mean, std, features.0.weight and 15 more"),
+    "stride-zero-giant": (lambda marker: {**_tiny_state(), "model": _weights(
+        **{"classifier.6.weight": _zeros(1).expand(10**6, 10**6)})}, "has shape (1000000, 1000000)"),
+    "bad-ema": (lambda marker: _tiny_state(ema_model={"x": 1}), "(EMA weights): weights do not fit"),
+    "config-not-a-dict": (lambda marker: _tiny_state(config=[1]), "config is not a dict"),
+    "tta-shift-text": (lambda marker: _tiny_state(config={"tta_shift": "x"}), "tta_shift is not an integer 0-8"),
+    "runs-code": (lambda marker: {"model": _RunsCode(marker), "model_name": "alexnet_tiny"},
+                  "more than tensors and plain values"),
+    "compressed": (lambda marker: "compressed", "compressed entries"),
+}
+
+
+def _zeros(*shape: int) -> object:
+    import torch
+
+    return torch.zeros(*shape)
+
+
+def write_checkpoint(path: Path, kind: str, marker: Path) -> Path:
+    """The hostile checkpoint ``kind`` (see ``HOSTILE_CHECKPOINTS``) at ``path``."""
+    import torch
+
+    content = HOSTILE_CHECKPOINTS[kind][0](marker)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "compressed":  # a sound checkpoint whose zip entries are deflated, as a zip bomb's are
+        plain = io.BytesIO()
+        torch.save(_tiny_state(), plain)
+        with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+    else:
+        torch.save(content, path)
+    return path
+
+
+# --------------------------------------------------------------------------- very deep folder trees
+def make_deep_tree(root: Path, depth: int) -> None:
+    """``root/d/d/.../d``, ``depth`` folders deep, made one level at a time (os.makedirs recurses)."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+
+
+def remove_deep_tree(root: Path, depth: int) -> None:
+    """Undo ``make_deep_tree`` one level at a time (shutil.rmtree, which pytest cleans up with, recurses)."""
+    path = root / "/".join(["d"] * depth)
+    for _ in range(depth):
+        os.rmdir(path)
+        path = path.parent

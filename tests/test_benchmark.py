@@ -20,7 +20,7 @@ from conftest import REPO, run_cli
 from alexnet_cifar10 import models
 
 FLAGS = ("--val-size", "20", "--model", "alexnet_tiny", "--batch-size", "8", "--steps", "2", "--repeats", "1",
-         "--threads", "1")
+         "--threads", "1", "--precision", "fp32")
 
 
 @pytest.mark.parametrize("extra", [(), ("--compile", "--no-seed-style")], ids=["eager", "compiled"])

@@ -14,7 +14,7 @@ from conftest import SHARED_ARCHIVE, make_pixels, run_cli, split_counts, write_i
 from PIL import Image
 
 from alexnet_cifar10.data import CLASSES, load_cifar10
-from alexnet_cifar10.data.cache import CACHE_VERSION, default_cache_dir
+from alexnet_cifar10.data.cache import CACHE_VERSION, content_digest, default_cache_dir, fingerprint
 from alexnet_cifar10.data.splits import stratified_split
 from alexnet_cifar10.errors import DataError
 
@@ -291,3 +291,71 @@ def test_cli_data_info_on_the_real_archive_hits_the_cache(tmp_path: Path, real_c
     cache_line = next(line for line in results[1].stdout.splitlines() if line.startswith("cache:"))
     assert "(hit," in cache_line
     assert str(real_cache) in cache_line
+
+
+# --------------------------------------------------------------------------- planted caches
+def _forged(cache_file: Path, change: str) -> bytes:
+    """A cache file for ``cache_file``'s key, with one thing wrong about it."""
+    blob = torch.load(cache_file, weights_only=True)
+    x, y = blob["splits"]["train"]["images"].clone(), blob["splits"]["train"]["labels"].clone()
+    if change == "labels":  # labels out of range, the digest made to match them
+        y[0] = 42
+        splits = {k: (v["images"], v["labels"]) for k, v in blob["splits"].items()}
+        blob["digest"] = content_digest(cache_file.stem, blob["format"], {**splits, "train": (x, y)})
+    elif change == "pixels":  # one pixel changed after the digest was taken
+        x[0, 0, 0, 0] ^= 0xFF
+    elif change == "key":  # a sound cache of another source, copied under this key
+        blob["key"] = "0" * 20
+    elif change == "requires-grad":
+        x = torch.nn.Parameter(x.float(), requires_grad=True)
+    blob["splits"]["train"] = {"images": x, "labels": y}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("change", "reason"), [("labels", "labels outside 0..9"),
+                                                ("pixels", "do not match their sha256"),
+                                                ("key", "made for another source"),
+                                                ("requires-grad", "images are not uint8")])
+def test_a_planted_cache_is_rebuilt_with_a_warning(source: Path, pixels: Pixels, change: str, reason: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cache_file = load_cifar10(source, val_size=0).cache_file
+    cache_file.write_bytes(_forged(cache_file, change))
+    capsys.readouterr()
+    again = load_cifar10(source, val_size=0)
+    assert not again.from_cache
+    _assert_matches(again, pixels)
+    err = capsys.readouterr().err
+    assert f"warning: ignoring cache {cache_file} (" in err and reason in err and len(err.splitlines()) == 1
+    assert load_cifar10(source, val_size=0).from_cache  # rebuilt whole
+
+
+def test_a_link_planted_under_the_key_is_replaced_not_written_through(tmp_path: Path, source: Path,
+                                                                      pixels: Pixels) -> None:
+    cache_file = load_cifar10(source, val_size=0).cache_file
+    victim = tmp_path / "victim.pt"
+    victim.write_bytes(cache_file.read_bytes())  # even a sound cache is not read through a link
+    cache_file.unlink()
+    cache_file.symlink_to(victim)
+    before = victim.read_bytes()
+    again = load_cifar10(source, val_size=0)
+    assert not again.from_cache
+    _assert_matches(again, pixels)
+    assert victim.read_bytes() == before and not cache_file.is_symlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to give a file away")
+def test_a_cache_file_of_another_user_is_not_trusted(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache_file = load_cifar10(source, val_size=0).cache_file
+    os.chown(cache_file, 12345, 12345)
+    assert not load_cifar10(source, val_size=0).from_cache
+    assert "owned by another user" in capsys.readouterr().err
+
+
+def test_the_key_covers_file_names_that_are_not_utf8(tmp_path: Path, pixels: Pixels) -> None:
+    root = write_imagefolder(tmp_path / "img", pixels)
+    first = fingerprint(root)
+    image = sorted((root / "train" / "cat").iterdir())[0]
+    os.rename(image, os.fsencode(image.parent) + b"/\xff.png")
+    assert fingerprint(root) != first

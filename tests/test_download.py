@@ -3,75 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import make_pixels, run_cli, split_counts, write_python, write_tar
+from conftest import HttpServer, http_server, make_pixels, run_cli, split_counts, write_python, write_tar
 
-from alexnet_cifar10.data import load_cifar10
+from alexnet_cifar10.data import download, load_cifar10
 from alexnet_cifar10.data.download import download_archive
 from alexnet_cifar10.errors import DataError, DownloadError
 
 NAME = "cifar-10-python.tar.gz"
-
-
-@dataclass
-class ServerState:
-    payload: bytes
-    mode: str = "ok"  # "ok" | "error" | "cut" | "no-range"
-    ranges: list[str | None] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        state = self.server.state
-        state.paths.append(self.path)
-        header = self.headers.get("Range")
-        state.ranges.append(header)
-        if state.mode == "error":
-            self.send_error(500, "Internal Server Error")
-            return
-        data, start = state.payload, 0
-        match = re.fullmatch(r"bytes=(\d+)-", header or "")
-        if match and state.mode != "no-range":
-            start = int(match.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Type", "application/gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if state.mode == "cut":
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    state: ServerState
 
 
 @pytest.fixture(scope="module")
@@ -91,23 +36,14 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def server(payload: bytes, no_proxy: None) -> Iterator[_Server]:
-    httpd = _Server(("127.0.0.1", 0), _Handler)
-    httpd.state = ServerState(payload)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+def server(payload: bytes, no_proxy: None) -> Iterator[HttpServer]:
+    with http_server(payload) as httpd:
         yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture
-def url(server: _Server) -> str:
-    host, port = server.server_address[:2]
-    return f"http://{host}:{port}/files/{NAME}"
+def url(server: HttpServer) -> str:
+    return server.url(f"/files/{NAME}")
 
 
 @pytest.fixture
@@ -120,7 +56,7 @@ def _files(folder: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- download_archive
-def test_full_download(tmp_path: Path, server: _Server, url: str, md5: str, payload: bytes) -> None:
+def test_full_download(tmp_path: Path, server: HttpServer, url: str, md5: str, payload: bytes) -> None:
     dest = tmp_path / "dl"
     path = download_archive(dest, url, md5, progress=False)
     assert path == dest / NAME
@@ -130,13 +66,13 @@ def test_full_download(tmp_path: Path, server: _Server, url: str, md5: str, payl
     assert server.state.paths == [f"/files/{NAME}"]
 
 
-def test_verified_file_is_not_fetched_again(tmp_path: Path, server: _Server, url: str, md5: str) -> None:
+def test_verified_file_is_not_fetched_again(tmp_path: Path, server: HttpServer, url: str, md5: str) -> None:
     download_archive(tmp_path, url, md5, progress=False)
     assert download_archive(tmp_path, url, md5, progress=False) == tmp_path / NAME
     assert len(server.state.ranges) == 1
 
 
-def test_download_resumes_a_part_file(tmp_path: Path, server: _Server, url: str, md5: str, payload: bytes) -> None:
+def test_download_resumes_a_part_file(tmp_path: Path, server: HttpServer, url: str, md5: str, payload: bytes) -> None:
     half = len(payload) // 2
     (tmp_path / f"{NAME}.part").write_bytes(payload[:half])
     path = download_archive(tmp_path, url, md5, progress=False)
@@ -146,7 +82,7 @@ def test_download_resumes_a_part_file(tmp_path: Path, server: _Server, url: str,
     assert _files(tmp_path) == [NAME]
 
 
-def test_complete_part_file_is_finished_on_416(tmp_path: Path, server: _Server, url: str, md5: str,
+def test_complete_part_file_is_finished_on_416(tmp_path: Path, server: HttpServer, url: str, md5: str,
                                                payload: bytes) -> None:
     (tmp_path / f"{NAME}.part").write_bytes(payload)
     path = download_archive(tmp_path, url, md5, progress=False)
@@ -155,7 +91,7 @@ def test_complete_part_file_is_finished_on_416(tmp_path: Path, server: _Server, 
     assert _files(tmp_path) == [NAME]
 
 
-def test_server_ignoring_range_restarts(tmp_path: Path, server: _Server, url: str, md5: str, payload: bytes) -> None:
+def test_server_ignoring_range_restarts(tmp_path: Path, server: HttpServer, url: str, md5: str, payload: bytes) -> None:
     (tmp_path / f"{NAME}.part").write_bytes(b"stale bytes from somewhere else")
     server.state.mode = "no-range"
     path = download_archive(tmp_path, url, md5, progress=False)
@@ -163,7 +99,7 @@ def test_server_ignoring_range_restarts(tmp_path: Path, server: _Server, url: st
     assert path.read_bytes() == payload
 
 
-def test_md5_mismatch_sets_the_file_aside(tmp_path: Path, server: _Server, url: str, payload: bytes) -> None:
+def test_md5_mismatch_sets_the_file_aside(tmp_path: Path, server: HttpServer, url: str, payload: bytes) -> None:
     wrong = "0" * 32
     with pytest.raises(DownloadError, match="md5") as info:
         download_archive(tmp_path, url, wrong, progress=False)
@@ -174,7 +110,7 @@ def test_md5_mismatch_sets_the_file_aside(tmp_path: Path, server: _Server, url: 
     assert (tmp_path / f"{NAME}.bad").read_bytes() == payload
 
 
-def test_md5_from_the_environment(tmp_path: Path, server: _Server, url: str, md5: str,
+def test_md5_from_the_environment(tmp_path: Path, server: HttpServer, url: str, md5: str,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALEXNET_CIFAR10_MD5", "f" * 32)
     with pytest.raises(DownloadError, match="f" * 32):
@@ -184,7 +120,7 @@ def test_md5_from_the_environment(tmp_path: Path, server: _Server, url: str, md5
     assert download_archive(tmp_path, progress=False) == tmp_path / NAME
 
 
-def test_server_error(tmp_path: Path, server: _Server, url: str, md5: str) -> None:
+def test_server_error(tmp_path: Path, server: HttpServer, url: str, md5: str) -> None:
     server.state.mode = "error"
     with pytest.raises(DownloadError, match="500"):
         download_archive(tmp_path, url, md5, progress=False)
@@ -202,7 +138,7 @@ def test_connection_refused_suggests_data(tmp_path: Path, md5: str, no_proxy: No
     assert not (tmp_path / "dl" / NAME).exists()
 
 
-def test_cut_connection_leaves_a_part_then_resumes(tmp_path: Path, server: _Server, url: str, md5: str,
+def test_cut_connection_leaves_a_part_then_resumes(tmp_path: Path, server: HttpServer, url: str, md5: str,
                                                     payload: bytes) -> None:
     server.state.mode = "cut"
     with pytest.raises(DownloadError, match="again") as info:
@@ -219,7 +155,7 @@ def test_cut_connection_leaves_a_part_then_resumes(tmp_path: Path, server: _Serv
     assert _files(tmp_path) == [NAME]
 
 
-def test_downloaded_archive_loads(tmp_path: Path, server: _Server, url: str, md5: str) -> None:
+def test_downloaded_archive_loads(tmp_path: Path, server: HttpServer, url: str, md5: str) -> None:
     path = download_archive(tmp_path, url, md5, progress=False)
     data = load_cifar10(path, val_size=10)
     assert (len(data.train), len(data.val), len(data.test)) == (20, 10, 10)
@@ -237,7 +173,7 @@ def test_cli_data_download(tmp_path: Path, url: str, md5: str, payload: bytes) -
     assert _files(dest) == [NAME]
 
 
-def test_cli_data_info_downloads_the_default_folder(tmp_path: Path, server: _Server, url: str, md5: str) -> None:
+def test_cli_data_info_downloads_the_default_folder(tmp_path: Path, server: HttpServer, url: str, md5: str) -> None:
     assert not (tmp_path / "data").exists()
     env = {"ALEXNET_CIFAR10_URL": url, "ALEXNET_CIFAR10_MD5": md5}
     result = run_cli("data", "info", "--val-size", "10", cwd=tmp_path, env=env)
@@ -247,3 +183,94 @@ def test_cli_data_info_downloads_the_default_folder(tmp_path: Path, server: _Ser
     assert "format: python" in result.stdout
     assert _files(tmp_path / "data") == [NAME]
     assert server.state.ranges == [None]
+
+
+# --------------------------------------------------------------------------- hostile URLs and servers
+@pytest.mark.parametrize(("bad_url", "message"), [
+    ("file:///etc/passwd", "only http:// and https://"),
+    ("ftp://127.0.0.1/cifar-10-python.tar.gz", "only http:// and https://"),
+    ("data:,hello", "only http:// and https://"),
+    ("http://", "names no host"),
+    ("http://[::1", "not a valid URL"),
+    ("http://127.0.0.1:99999/x.tar.gz", "not a valid URL"),
+    ("http://a b/x.tar.gz", "spaces or control characters"),
+    ("http://127.0.0.1/\x1b[2J.tar.gz", "spaces or control characters"),
+])
+def test_urls_that_are_not_fetched(tmp_path: Path, md5: str, bad_url: str, message: str) -> None:
+    with pytest.raises(DownloadError, match=re.escape(message)) as info:
+        download_archive(tmp_path / "dl", bad_url, md5, progress=False, timeout=5)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    assert not (tmp_path / "dl").exists() or _files(tmp_path / "dl") == []
+
+
+@pytest.mark.parametrize(("path", "saved_as"), [
+    ("/", NAME), ("", NAME), ("/download?id=3", NAME), ("/mirror/other.tgz", "other.tgz"), ("/..", NAME),
+    ("/.hidden.tar.gz", NAME), ("/a%2F..%2Fb.tar.gz", NAME), ("/" + "a" * 300 + ".tar.gz", NAME),
+])
+def test_the_saved_name_is_the_urls_only_when_it_is_a_plain_archive_name(tmp_path: Path, server: HttpServer,
+                                                                        md5: str, path: str, saved_as: str) -> None:
+    got = download_archive(tmp_path, server.url(path), md5, progress=False)
+    assert got == tmp_path / saved_as and _files(tmp_path) == [saved_as]
+
+
+@pytest.mark.parametrize(("mode", "message"), [
+    ("huge-length", "more than the 650.4 MiB limit"),
+    ("chunked-cut", "broke off"),
+    ("garbage", "not valid HTTP"),
+    ("close", "Remote end closed connection"),
+])
+def test_broken_servers_end_in_one_line(tmp_path: Path, server: HttpServer, url: str, md5: str, mode: str,
+                                        message: str) -> None:
+    server.state.mode = mode
+    with pytest.raises(DownloadError, match=re.escape(message)) as info:
+        download_archive(tmp_path, url, md5, progress=False, timeout=10)
+    assert "\n" not in str(info.value)
+    assert NAME not in _files(tmp_path)
+
+
+def test_a_server_that_sends_without_end_is_cut_at_the_limit(tmp_path: Path, server: HttpServer, url: str,
+                                                              md5: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 3 << 20)
+    server.state.mode = "endless"
+    with pytest.raises(DownloadError, match="sends more than 3 MiB"):
+        download_archive(tmp_path, url, md5, progress=False, timeout=10)
+    assert _files(tmp_path) == []  # the oversized .part is not kept
+
+
+def test_redirects_go_to_http_only(tmp_path: Path, server: HttpServer, url: str, md5: str, payload: bytes) -> None:
+    server.state.mode, server.state.location = "redirect", "ftp://127.0.0.1/cifar-10-python.tar.gz"
+    with pytest.raises(DownloadError, match="redirects to a ftp: URL"):
+        download_archive(tmp_path, url, md5, progress=False)
+    server.state.location = "file:///etc/passwd"
+    with pytest.raises(DownloadError, match="not allowed"):
+        download_archive(tmp_path, url, md5, progress=False)
+    assert _files(tmp_path) == []
+
+
+def test_a_part_file_that_is_a_link_is_left_alone(tmp_path: Path, server: HttpServer, url: str, md5: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / f"{NAME}.part").symlink_to(victim)
+    with pytest.raises(DownloadError, match="symbolic link"):
+        download_archive(dest, url, md5, progress=False)
+    assert victim.read_text() == "the user's own file\n"
+    assert server.state.paths == []  # refused before asking the server
+    os.mkfifo(dest / "fifo.tar.gz.part")
+    with pytest.raises(DownloadError, match="not a regular file"):
+        download_archive(dest, server.url("/fifo.tar.gz"), md5, progress=False)
+
+
+def test_a_file_under_the_archive_name_is_never_replaced(tmp_path: Path, server: HttpServer, url: str,
+                                                         md5: str) -> None:
+    (tmp_path / NAME).write_bytes(b"the user's own archive")
+    with pytest.raises(DownloadError, match="left alone"):
+        download_archive(tmp_path, url, md5, progress=False)
+    assert (tmp_path / NAME).read_bytes() == b"the user's own archive"
+    assert server.state.paths == []
+
+
+def test_the_md5_must_be_hexadecimal(tmp_path: Path, url: str) -> None:
+    with pytest.raises(DownloadError, match="32 hexadecimal digits"):
+        download_archive(tmp_path, url, "not-an-md5", progress=False)

@@ -13,10 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import add_member, make_pixels, run_cli, write_binary, write_imagefolder, write_python, write_tar
+from conftest import (
+    add_member,
+    make_deep_tree,
+    make_pixels,
+    padded,
+    remove_deep_tree,
+    run_cli,
+    sparse_header,
+    tar_header,
+    write_binary,
+    write_gzip,
+    write_imagefolder,
+    write_python,
+    write_tar,
+)
 from PIL import Image
 
-from alexnet_cifar10.data import load_cifar10
+from alexnet_cifar10.data import load_cifar10, sources
 from alexnet_cifar10.errors import AlexNetCifarError, DataError
 
 Pixels = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -425,3 +439,126 @@ def test_cli_reports_hostile_pickle_in_one_line(tmp_path: Path, pixels: Pixels) 
     result = run_cli("data", "info", "--data", str(archive), cwd=tmp_path)
     _assert_one_line_error(result, str(archive), "data_batch_1")
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- limits and odd files
+def _bomb(tmp_path: Path, pieces: list[bytes | int]) -> Path:
+    return write_gzip(tmp_path / "bomb.tar.gz", [*pieces, bytes(2 * tarfile.BLOCKSIZE)])
+
+
+def test_a_member_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    size = sources.MAX_FILE_BYTES + 1
+    archive = _bomb(tmp_path, [tar_header("train/cat/big.png", size), size, bytes(padded(size))])
+    _raises(archive, "train/cat/big.png", "64 MiB")
+
+
+def test_a_sparse_member_is_refused(tmp_path: Path) -> None:
+    archive = _bomb(tmp_path, [sparse_header("train/cat/big.png", 8 << 30)])
+    _raises(archive, "sparse", "train/cat/big.png")
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_a_header_that_claims_gigabytes_is_refused_unread(tmp_path: Path, kind: bytes) -> None:
+    archive = _bomb(tmp_path, [tar_header("././@LongLink", 8 << 30, kind)])
+    _raises(archive, "larger than the 64 MiB")
+
+
+def test_the_decompressed_total_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "MAX_TOTAL_BYTES", 3 << 20)
+    pieces: list[bytes | int] = []
+    for i in range(4):  # 4 MiB in members of 1 MiB, each within the member limit
+        pieces += [tar_header(f"bomb/{i}.bin", 1 << 20), 1 << 20]
+    _raises(_bomb(tmp_path, pieces), "decompresses to more than 3 MiB")
+
+
+def test_hidden_members_count_towards_the_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "MAX_TOTAL_BYTES", 3 << 20)
+    pieces: list[bytes | int] = []
+    for i in range(4):  # skipped, not read, but still decompressed to reach the next header
+        pieces += [tar_header(f".pad{i}", 1 << 20), 1 << 20]
+    _raises(_bomb(tmp_path, pieces), "decompresses to more than 3 MiB")
+
+
+def test_the_member_count_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "MAX_FILES", 50)
+    archive = _bomb(tmp_path, [tar_header("d", 0, tarfile.DIRTYPE) * 51])
+    _raises(archive, "more than 50 archive members")
+
+
+def test_the_file_count_of_a_folder_is_capped(img_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "MAX_FILES", 50)
+    _raises(img_root, "more than 50 files")
+
+
+def test_a_folder_reads_at_most_the_total(tmp_path: Path, pixels: Pixels, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "MAX_TOTAL_BYTES", 100_000)
+    _raises(write_python(tmp_path / "py", pixels), "more than 97.7 KiB of data")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge", "dangling"])
+def test_a_batch_that_is_not_a_plain_small_file_is_refused_unread(py_root: Path, kind: str) -> None:
+    batch = py_root / "cifar-10-batches-py" / "data_batch_1"
+    batch.unlink()
+    if kind == "fifo":
+        os.mkfifo(batch)  # reading it would block for ever
+    elif kind == "device":
+        batch.symlink_to("/dev/zero")  # reading it would never end
+    elif kind == "huge":
+        with open(batch, "wb") as f:
+            f.truncate(10 << 30)  # sparse: no disk used
+    else:
+        batch.symlink_to(py_root / "nowhere")
+    needle = {"fifo": "not a regular file", "device": "not a regular file", "huge": "64 MiB",
+              "dangling": "cannot read"}[kind]
+    _raises(py_root, str(batch), needle)
+
+
+def test_odd_names_and_links_in_a_folder_are_tolerated(img_root: Path, pixels: Pixels) -> None:
+    """A file name that is not UTF-8 is read like any other; dangling links that no layout names are skipped."""
+    image = _first_image(img_root)
+    os.rename(image, os.fsencode(image.parent) + b"/\xff" + os.fsencode(image.name))
+    (img_root / "train" / "cat" / ".hidden-link").symlink_to(img_root / "nowhere")
+    (img_root / "notes.txt").symlink_to(img_root / "nowhere")
+    data = load_cifar10(img_root, val_size=0)  # through the cache, whose key covers the odd names
+    assert len(data.train) == len(pixels["train"][1]) and not data.from_cache
+    assert load_cifar10(img_root, val_size=0).from_cache
+
+
+def test_a_class_folder_that_is_not_utf8_is_named_in_the_error(img_root: Path, pixels: Pixels) -> None:
+    odd = os.fsencode(img_root / "train") + b"/\xffcat"
+    os.mkdir(odd)
+    shutil.copy(_first_image(img_root), odd + b"/0.png")
+    message = _raises(img_root, "unknown class folder", "\\xffcat")
+    message.encode("ascii")  # printable anywhere
+
+
+def test_a_tree_deeper_than_the_walk_is_skipped(img_root: Path, pixels: Pixels) -> None:
+    """1,200 nested folders beside the data: deeper than Python's recursion limit, which os.walk hits."""
+    make_deep_tree(img_root, 1200)
+    try:
+        data = load_cifar10(img_root, val_size=0)
+        assert len(data.train) == len(pixels["train"][1])
+    finally:
+        remove_deep_tree(img_root, 1200)
+
+
+def test_meta_label_names_that_are_not_utf8(py_root: Path) -> None:
+    meta = py_root / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(pickle.dumps({b"label_names": [b"\xff\xfe"] * 10 + [b"x"] * 1000}, protocol=2))
+    _raises(py_root, str(meta), "and 998 more")
+
+
+def test_a_pickle_that_asks_for_a_huge_memo_is_refused(py_root: Path) -> None:
+    batch = py_root / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(b"\x80\x02}r\xff\xff\xff\x7f.")  # EMPTY_DICT, LONG_BINPUT 2**31 - 1, STOP
+    _raises(py_root, str(batch), "memo index")
+
+
+@pytest.mark.parametrize("compression", ["bz2", "xz"])
+def test_archives_are_recognised_by_their_bytes(tmp_path: Path, pixels: Pixels, compression: str) -> None:
+    root = write_python(tmp_path / "py", pixels)
+    archive = tmp_path / "data.tar"  # the name says plain tar; the bytes say otherwise
+    with tarfile.open(archive, f"w:{compression}") as tar:
+        for path in sorted(root.rglob("*")):
+            tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+    _assert_same(_load(archive), pixels)

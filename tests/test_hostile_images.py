@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_cifar10.data.formats import MAX_IMAGE_SIDE
+from alexnet_cifar10.data.images import MAX_IMAGE_SIDE
 from alexnet_cifar10.evaluation import PREDICT_BATCH, load_image, predict
 from alexnet_cifar10.models import create_model
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import random
 import re
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,27 +16,63 @@ import numpy as np
 import torch
 
 from alexnet_cifar10 import pretrained
-from alexnet_cifar10.errors import CheckpointError, ConfigError, write_failure
+from alexnet_cifar10.errors import TORCH_LOAD_ERRORS, CheckpointError, ConfigError, first_line, write_failure
 from alexnet_cifar10.io import atomic_write
-from alexnet_cifar10.models import AlexNet, create_model
+from alexnet_cifar10.models import AlexNet, create_model, expected_state
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Serialised in memory first, so that a failed write is the file system's own OSError (torch.save's
+    writer reports one as a RuntimeError without its reason)."""
+    buffer = io.BytesIO()
     try:
-        atomic_write(Path(path), lambda f: torch.save(state, f))
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as RuntimeError
+        torch.save(state, buffer)
+        atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+    except (OSError, RuntimeError) as e:
         raise CheckpointError(
             f"cannot write checkpoint {path}: {write_failure(e)}; the previous checkpoint is intact"
         ) from None
 
 
+# The largest checkpoint file read: MAX_PARAMETERS float32 weights five times over (the model, its EMA and
+# lookahead copies, Adam's two moments) with room to spare.
+MAX_CHECKPOINT_BYTES = 4 << 30
+MAX_ZIP_ENTRIES = 10_000  # a checkpoint holds one entry per tensor storage, a few hundred at most
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a .pt file that torch.load could not read within bounds: not a zip as torch.save writes (so a text
+    file, an empty file or the legacy format), or one whose entries are compressed (a zip bomb: torch's reader
+    allocates an entry's declared size) or too many."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                  else "truncated or corrupt: not the zip file that torch.save writes")
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})") from None
+    if len(entries) > MAX_ZIP_ENTRIES:
+        raise CheckpointError(f"{path}: refused: {len(entries):,} entries, more than a checkpoint holds")
+    if any(e.compress_type != zipfile.ZIP_STORED or e.file_size != e.compress_size for e in entries):
+        raise CheckpointError(f"{path}: refused: compressed entries, which torch.save never writes")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without running any code from it; anything else is refused."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        st = path.stat()
+    except OSError as e:
+        reason = "no such checkpoint file" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+        raise CheckpointError(f"{path}: {reason}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: not a checkpoint file (a folder or a special file)")
+    if st.st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: {st.st_size:,} bytes, more than the {MAX_CHECKPOINT_BYTES >> 30} GiB a "
+                              "checkpoint may be")
     if path.suffix == ".safetensors":
         return load_safetensors(path)
+    _check_zip(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -44,12 +82,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         found = re.search(r"(?:Unsupported global|GLOBAL)[^.\n]*", text)
         raise CheckpointError(
             f"{path}: refused: the checkpoint holds more than tensors and plain values "
-            f"({found.group(0) if found else 'code'}); it was not loaded"
+            f"({found.group(0)[:120] if found else 'code'}); it was not loaded"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({str(e)[:160]})") from None
+    except TORCH_LOAD_ERRORS as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first_line(e)[:160]})") from None
+    return check_state(state, path)
+
+
+def check_state(state: object, where: str | Path) -> dict[str, Any]:
+    """``state`` when it is shaped like an alexnet-cifar10 checkpoint: a dict with a model name, a dict of weights
+    and, when present, dict-valued model_kwargs and config whose test-time augmentation settings have their
+    types. The weights themselves are checked against the model by ``model_from_state``."""
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
-        raise CheckpointError(f"{path}: not an alexnet-cifar10 checkpoint (no model weights)")
+        raise CheckpointError(f"{where}: not an alexnet-cifar10 checkpoint (no model weights)")
+    if not isinstance(state["model_name"], str):
+        raise CheckpointError(f"{where}: not an alexnet-cifar10 checkpoint (model_name is not a string)")
+    for key in ("model", "ema_model"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            raise CheckpointError(f"{where}: not an alexnet-cifar10 checkpoint ({key} is not a dict of tensors)")
+    for key in ("model_kwargs", "config"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            raise CheckpointError(f"{where}: {key} is not a dict")
+    config = state.get("config") or {}
+    if not isinstance(config.get("tta", False), bool):
+        raise CheckpointError(f"{where}: config tta is not true or false")
+    shift = config.get("tta_shift", 0)
+    if not isinstance(shift, int) or isinstance(shift, bool) or not 0 <= shift <= 8:
+        raise CheckpointError(f"{where}: config tta_shift is not an integer 0-8")
     return state
 
 
@@ -66,10 +125,13 @@ def save_safetensors(state: dict[str, Any], out: Path, half: bool = False) -> No
     JSON text in its metadata; ``half`` stores the floating-point tensors in float16."""
     st = require("safetensors.torch", install="safetensors")
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state["model"].items()}
-    metadata = {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs", {})),
-                "format": "alexnet-cifar10"}
-    if state.get("config"):  # the run's settings: evaluate and predict then use its test-time augmentation
-        metadata["config"] = json.dumps(state["config"])
+    try:
+        metadata = {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs", {})),
+                    "format": "alexnet-cifar10"}
+        if state.get("config"):  # the run's settings: evaluate and predict then use its test-time augmentation
+            metadata["config"] = json.dumps(state["config"])
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"the checkpoint's settings cannot be written as JSON ({first_line(e)[:120]})") from None
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out), lambda f: f.write(st.save(tensors, metadata=metadata)))
 
@@ -81,19 +143,19 @@ def load_safetensors(path: str | Path) -> dict:
         with st.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
-    except Exception as e:  # noqa: BLE001 - any parse failure of a hostile file
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    except (st.SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)[:160]})") from None
     if "model_name" not in meta:
         raise CheckpointError(f"{path}: safetensors file without alexnet-cifar10 metadata (model_name)")
     state: dict = {"model": tensors, "model_name": meta["model_name"]}
     for key, default in (("model_kwargs", "{}"), ("config", "null")):
         try:
             state[key] = json.loads(meta.get(key, default))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             raise CheckpointError(f"{path}: unreadable {key} metadata") from None
         if not isinstance(state[key], dict | None):
             raise CheckpointError(f"{path}: {key} metadata is not a JSON object")
-    return state
+    return check_state(state, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -120,22 +182,64 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_from_state(state: dict[str, Any]) -> AlexNet:
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def check_weights(weights: dict, expected: dict[str, torch.Tensor], name: str, where: str | Path) -> None:
+    """Refuse ``weights`` unless they are CPU tensors with the keys, shapes and kinds (floating-point or integer)
+    of model ``name``'s state dict ``expected``."""
+    prefix = f"{where}: weights do not fit model {name}"
+    missing = [k for k in expected if k not in weights]
+    unexpected = [str(k)[:60] for k in weights if k not in expected]
+    if missing or unexpected:
+        what = "; ".join(part for part in (missing and f"missing {_listed(missing)}",
+                                           unexpected and f"unexpected {_listed(unexpected)}") if part)
+        raise CheckpointError(f"{prefix}: {what}")
+    for key, want in expected.items():
+        tensor = weights[key]
+        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided or tensor.device.type != "cpu":
+            raise CheckpointError(f"{prefix}: {key} is not a plain tensor")
+        if tensor.shape != want.shape:
+            raise CheckpointError(f"{prefix}: {key} has shape {tuple(tensor.shape)}, the model needs "
+                                  f"{tuple(want.shape)}")
+        if tensor.is_floating_point() != want.is_floating_point() or tensor.is_complex():
+            raise CheckpointError(f"{prefix}: {key} has dtype {tensor.dtype}, the model needs {want.dtype}")
+
+
+def check_model(state: object, where: str | Path) -> dict[str, Any]:
+    """``state`` when its model name and settings pass the registry's checks (``models.model_settings``) and its
+    weights fit that model, all found before anything is allocated for the model."""
+    state = check_state(state, where)
+    name = state["model_name"]
     try:
-        model = create_model(str(state["model_name"]), **dict(state.get("model_kwargs") or {}))
+        expected = expected_state(name, state.get("model_kwargs"))
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    check_weights(state["model"], expected, name, where)
+    return state
+
+
+def model_from_state(state: dict[str, Any]) -> AlexNet:
+    """The model of a checkpoint's state, in eval mode, built only after ``check_model`` accepts the state."""
+    state = check_model(state, "checkpoint")
+    name = state["model_name"]
+    try:
+        model = create_model(name, **(state.get("model_kwargs") or {}))
         model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint weights do not fit model {state['model_name']}: {e}") from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint weights do not fit model {name}: {first_line(e)[:160]}") from None
     return model.eval()
 
 
 def trained_state(weights: str | Path) -> dict[str, Any]:
     """The weights to use for inference, from a checkpoint or .safetensors path or the name of shipped weights
     (``pretrained.shipped()``): the EMA ones when the run kept them."""
-    state = load_checkpoint(pretrained.resolve(weights))
+    path = pretrained.resolve(weights)
+    state = load_checkpoint(path)
     if state.get("ema_model") is not None:
-        state = {**state, "model": state["ema_model"]}
-    return state
+        return check_model({**state, "model": state["ema_model"]}, f"{path} (EMA weights)")
+    return check_model(state, path)
 
 
 def load_model(weights: str | Path, device: str | torch.device = "cpu") -> AlexNet:

@@ -1,4 +1,5 @@
-"""``alexnet-cifar10``: a thin argparse layer over the library. Every user error is one line."""
+"""``alexnet-cifar10``: each subcommand a thin layer over the library (its flags: ``arguments``). Every user error
+is one line."""
 
 from __future__ import annotations
 
@@ -8,134 +9,11 @@ import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from alexnet_cifar10 import __version__
-from alexnet_cifar10.config import (
-    DEFAULT_DATA,
-    DEVICES,
-    EXPORT_FORMATS,
-    PRECISIONS,
-    RECIPES,
-    Config,
-    config_from_file,
-    flag,
-    make_config,
-)
+from alexnet_cifar10.arguments import PROG, build_parser
+from alexnet_cifar10.config import Config, config_from_file, make_config
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
-
-PROG = "alexnet-cifar10"
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 folder or archive (default ./data, "
-                   "downloaded when absent)")
-    p.add_argument("--val-size", type=int, default=5000, help="validation images (default 5000)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    p.add_argument("--cache-dir", default=None, help="decoded-data cache (default ~/.cache/alexnet-cifar10)")
-    p.add_argument("--url", default=None, help="archive URL (default $ALEXNET_CIFAR10_URL or the official one)")
-
-
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per Config field; unset flags stay out of the namespace so recipes apply."""
-    for f in fields(Config):
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f.metadata["help"], "dest": f.name}
-        if f.type in ("bool", bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"int": int, "float": float}.get(str(f.type), str)
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-            elif f.name == "recipe":
-                kwargs["choices"] = tuple(RECIPES)
-        p.add_argument(f"--{flag(f.name)}", **kwargs)
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog=PROG, description="AlexNet on CIFAR-10: data, train, evaluate, predict, "
-                    "benchmark, export.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    data = sub.add_parser("data", help="inspect or download the data set")
-    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
-    info = data_sub.add_parser("info", help="format, split and class counts, cache path")
-    add_data_flags(info)
-    info.add_argument("--json", action="store_true", help="print JSON")
-    download = data_sub.add_parser("download", help="fetch and verify the official archive")
-    download.add_argument("--data", default=DEFAULT_DATA, help="folder to download into (default ./data)")
-    download.add_argument("--url", default=None, help="archive URL (default $ALEXNET_CIFAR10_URL)")
-    download.add_argument("--md5", default=None, help="expected md5 (default the official archive's)")
-
-    models = sub.add_parser("models", help="list the model variants")
-    models.add_argument("--json", action="store_true")
-
-    train = sub.add_parser("train", help="train a model into a run folder")
-    add_config_flags(train)
-    train.add_argument("--config", default=None, metavar="FILE",
-                       help="start from the settings of FILE (a run's config.json) instead of a recipe; flags "
-                            "given beside it override it")
-    train.add_argument("--print-config", action="store_true",
-                       help="print the resolved settings as JSON and train nothing")
-    train.add_argument("--resume", default=None, metavar="RUN", help="continue RUN (a run folder) from last.pt")
-    train.add_argument("--cache-dir", default=None, help="decoded-data cache folder")
-
-    ev = sub.add_parser("evaluate", help="accuracy, per-class table, confusion matrix of a checkpoint")
-    add_weights_flags(ev)
-    add_data_flags(ev)
-    ev.add_argument("--split", choices=("test", "val", "train"), default=None,
-                    help="split to evaluate (default test if the data has one, else val)")
-    ev.add_argument("--batch-size", type=int, default=500)
-    ev.add_argument("--device", choices=DEVICES, default="auto")
-    add_tta_flags(ev)
-    ev.add_argument("--json", action="store_true", help="print JSON")
-    ev.add_argument("--out", default=None, help="folder for result.json, confusion.png, samples.png")
-
-    pr = sub.add_parser("predict", help="classify image files or folders")
-    pr.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE_OR_FOLDER",
-                    help="without --weights, the first is the checkpoint")
-    pr.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    pr.add_argument("--top-k", type=int, default=3)
-    add_tta_flags(pr)
-    pr.add_argument("--device", choices=DEVICES, default="auto")
-    pr.add_argument("--json", action="store_true", help="print JSON")
-    bench = sub.add_parser("benchmark", help="training throughput: real loop vs compute-only vs seed-style; MFU")
-    add_data_flags(bench)
-    bench.add_argument("--model", default=Config.model, help="default: the seed recipe's")
-    precision_help = next(f for f in fields(Config) if f.name == "precision").metadata["help"]
-    bench.add_argument("--precision", choices=PRECISIONS, default="fp32", help=f"{precision_help} (default fp32)")
-    bench.add_argument("--batch-size", type=int, default=128)
-    bench.add_argument("--device", choices=DEVICES, default="auto")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps per measurement (warm-up excluded)")
-    bench.add_argument("--repeats", type=int, default=3, help="measurements; the median is reported")
-    bench.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
-    bench.add_argument("--compile", action="store_true",
-                       help="torch.compile the model in the project's step (not in the seed-style baseline)")
-    bench.add_argument("--no-seed-style", action="store_true", help="skip the DataLoader baseline")
-    bench.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    ex = sub.add_parser("export", help="write a checkpoint as ONNX, safetensors, torch.export (pt2) or TorchScript")
-    add_weights_flags(ex)
-    ex.add_argument("--format", choices=EXPORT_FORMATS, required=True)
-    ex.add_argument("--out", required=True, help="output file")
-    ex.add_argument("--check-data", default=None, metavar="PATH",
-                    help="onnx: compare with PyTorch on images from this data set (default: none)")
-    ex.add_argument("--check-images", type=int, default=1000, help="images for the ONNX check")
-    return parser
-
-
-WEIGHTS_HELP = "seed (the trained weights shipped with the package), or a checkpoint or .safetensors path"
-
-
-def add_weights_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", default=None, help="a checkpoint or .safetensors file (or --weights)")
-    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
 
 
 def weights_of(args: argparse.Namespace) -> str:
@@ -155,7 +33,7 @@ def weights_of(args: argparse.Namespace) -> str:
 
 # --------------------------------------------------------------------------- commands
 def load_data(args: argparse.Namespace, progress: bool = False):  # noqa: ANN201 - a Cifar10
-    """The data set named by the common data flags (add_data_flags)."""
+    """The data set that the data flags (add_data_flags) name."""
     from alexnet_cifar10.data import load_cifar10
 
     return load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
@@ -238,8 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
         result = train(config, cache_dir=args.cache_dir)
-    final = result.final
-    if final is not None:
+    if (final := result.final) is not None:
         print(f"{final.split} accuracy {100 * final.accuracy:.2f}%; run folder {result.run_dir}")
     return 0
 
@@ -251,14 +128,6 @@ def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
     state = trained_state(weights_of(args))
     device = select_device(args.device)
     return model_from_state(state).to(device), state, device
-
-
-def add_tta_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="flip test-time augmentation (default: as the run was trained); --no-tta evaluates "
-                             "plain images unless --tta-shift is given too")
-    parser.add_argument("--tta-shift", type=int, default=None, metavar="N",
-                        help="also average over the image moved N pixels (default: as the run was trained)")
 
 
 def tta_of(args: argparse.Namespace, state: dict[str, Any]) -> tuple[bool, int]:

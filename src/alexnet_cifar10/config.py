@@ -21,67 +21,68 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 EXPORT_FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+    """A Config field: its default, the help of its flag and, for a string, the values it may take."""
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class Config:
     # data
-    data: str = _f(DEFAULT_DATA, "CIFAR-10 folder or archive; downloaded into ./data when absent")
-    val_size: int = _f(5000, "validation images carved from the training split (0 for none)")
-    split_seed: int = _f(0, "seed of the validation split (kept apart from --seed)")
+    data: str = setting(DEFAULT_DATA, "CIFAR-10 folder or archive; downloaded into ./data when absent")
+    val_size: int = setting(5000, "validation images carved from the training split (0 for none)")
+    split_seed: int = setting(0, "seed of the validation split (kept apart from --seed)")
     # model
-    model: str = _f("alexnet_narrow_bn", "model variant (see `alexnet-cifar10 models`)")
-    dropout: float = _f(0.25, "dropout in the classifier")
-    whiten: bool = _f(False, "first convolution fixed to a whitening of the training patches (airbench)")
-    dirac_init: bool = _f(False, "start each convolution's first in-channels filters as the identity (airbench's "
+    model: str = setting("alexnet_narrow_bn", "model variant (see `alexnet-cifar10 models`)")
+    dropout: float = setting(0.25, "dropout in the classifier")
+    whiten: bool = setting(False, "first convolution fixed to a whitening of the training patches (airbench)")
+    dirac_init: bool = setting(False, "start each convolution's first in-channels filters as the identity (airbench's "
                           "dirac initialisation)")
     # optimisation
-    epochs: int = _f(20, "training epochs")
-    batch_size: int = _f(128, "global batch size")
-    optimizer: str = _f("adam", "optimizer", ("adam", "adamw", "sgd"))
-    lr: float = _f(1e-3, "peak learning rate")
-    weight_decay: float = _f(0.0, "weight decay (decoupled for adamw)")
-    momentum: float = _f(0.9, "SGD momentum (nesterov)")
-    schedule: str = _f("constant", "learning-rate schedule", ("constant", "onecycle", "cosine", "linear"))
-    warmup_epochs: float = _f(0.0, "linear warm-up epochs (cosine/linear schedules)")
-    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
-    ema: float = _f(0.0, "decay of an exponential moving average of the weights (0: off)")
-    lookahead: bool = _f(False, "every 5 steps pull the weights back to their running average, harder as the "
+    epochs: int = setting(20, "training epochs")
+    batch_size: int = setting(128, "global batch size")
+    optimizer: str = setting("adam", "optimizer", ("adam", "adamw", "sgd"))
+    lr: float = setting(1e-3, "peak learning rate")
+    weight_decay: float = setting(0.0, "weight decay (decoupled for adamw)")
+    momentum: float = setting(0.9, "SGD momentum (nesterov)")
+    schedule: str = setting("constant", "learning-rate schedule", ("constant", "onecycle", "cosine", "linear"))
+    warmup_epochs: float = setting(0.0, "linear warm-up epochs (cosine/linear schedules)")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    ema: float = setting(0.0, "decay of an exponential moving average of the weights (0: off)")
+    lookahead: bool = setting(False, "every 5 steps pull the weights back to their running average, harder as the "
                          "run goes on, and end on the average (airbench's lookahead)")
-    norm_bias_lr_scale: float = _f(1.0, "learning-rate multiplier for the BatchNorm shifts, at the same weight "
+    norm_bias_lr_scale: float = setting(1.0, "learning-rate multiplier for the BatchNorm shifts, at the same weight "
                                    "decay per step (airbench uses 64)")
-    bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (PyTorch's convention; airbench uses 0.4 "
+    bn_momentum: float = setting(0.1, "BatchNorm running-statistics momentum (PyTorch's convention; airbench uses 0.4 "
                             "with --lookahead)")
-    decay_norm_bias: bool = _f(True, "weight decay also on BatchNorm parameters and biases (--no-decay-norm-bias: "
+    decay_norm_bias: bool = setting(True, "weight decay also on BatchNorm parameters and biases (--no-decay-norm-bias: "
                                "on convolution and linear weights only)")
     # augmentation and evaluation
-    crop_pad: int = _f(4, "random-crop padding in pixels (0: no crop)")
-    flip: bool = _f(True, "random horizontal flips")
-    alternate_flip: bool = _f(False, "flip each image in every other epoch, from a random start, instead of at "
+    crop_pad: int = setting(4, "random-crop padding in pixels (0: no crop)")
+    flip: bool = setting(True, "random horizontal flips")
+    alternate_flip: bool = setting(False, "flip each image in every other epoch, from a random start, instead of at "
                               "random (airbench)")
-    cutout: int = _f(0, "cutout square size in pixels (0: off)")
-    tta: bool = _f(False, "final evaluation on the image and its mirror, averaging the logits "
+    cutout: int = setting(0, "cutout square size in pixels (0: off)")
+    tta: bool = setting(False, "final evaluation on the image and its mirror, averaging the logits "
                               "(per-epoch validation stays plain)")
-    tta_shift: int = _f(0, "also average the final evaluation over the image moved N pixels up-left and "
+    tta_shift: int = setting(0, "also average the final evaluation over the image moved N pixels up-left and "
                         "down-right, reflect-padded (airbench's multi-crop TTA; 0: off)")
     # run
-    seed: int = _f(0, "seed of weights, data order, augmentation and dropout")
-    device: str = _f("auto", "training device", DEVICES)
-    precision: str = _f("auto", "arithmetic precision; auto: bf16 where the hardware computes it natively (a CUDA "
+    seed: int = setting(0, "seed of weights, data order, augmentation and dropout")
+    device: str = setting("auto", "training device", DEVICES)
+    precision: str = setting("auto", "arithmetic precision; auto: bf16 where the hardware computes it natively (a CUDA "
                         "GPU with bf16, a CPU with AVX-512-BF16 or AMX), else fp32", PRECISIONS)
-    channels_last: bool = _f(True, "channels_last memory format")
-    compile: bool = _f(False, "torch.compile the model")
-    threads: int = _f(0, "CPU threads (0: one per core)")
-    deterministic: bool = _f(False, "CUDA: deterministic kernels, cudnn.benchmark off (CPU runs are "
+    channels_last: bool = setting(True, "channels_last memory format")
+    compile: bool = setting(False, "torch.compile the model")
+    threads: int = setting(0, "CPU threads (0: one per core)")
+    deterministic: bool = setting(False, "CUDA: deterministic kernels, cudnn.benchmark off (CPU runs are "
                              "bit-reproducible for a fixed --threads)")
-    checkpoint_every: int = _f(0, "also checkpoint every N steps inside an epoch (0: per epoch)")
-    tensorboard: bool = _f(False, "also write TensorBoard event files (needs `tensorboard`)")
-    progress: bool = _f(True, "show tqdm progress bars")
-    out: str = _f("", "run folder (default runs/<name>)")
-    name: str = _f("", "run name (default <recipe>-<model>-<time>)")
-    recipe: str = _f("seed", "named recipe the other flags start from (seed or best)")
+    checkpoint_every: int = setting(0, "also checkpoint every N steps inside an epoch (0: per epoch)")
+    tensorboard: bool = setting(False, "also write TensorBoard event files (needs `tensorboard`)")
+    progress: bool = setting(True, "show tqdm progress bars")
+    out: str = setting("", "run folder (default runs/<name>)")
+    name: str = setting("", "run name (default <recipe>-<model>-<time>)")
+    recipe: str = setting("seed", "named recipe the other flags start from (seed or best)")
 
     def validate(self) -> Config:
         for f in fields(self):

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import pickle
+import struct
+import zipfile
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print on any terminal: bytes of a file name that are not UTF-8 (surrogate escapes) as
+    ``\\xNN``, other unprintable characters (terminal escapes, NUL) as Python escapes."""
+    out = []
+    for c in str(text):
+        if c.isprintable() or c == " ":
+            out.append(c)
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that os.fsdecode could not decode
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        else:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
 
 class AlexNetCifarError(Exception):
     """Base of every error a user can cause and fix (bad path, bad file, bad flag).
 
-    The message is kept to one line: details quoted from other libraries (pickle, tarfile,
-    Pillow) often span several, and a user sees exactly one line per error.
+    The message is kept to one printable line: details quoted from other libraries (pickle, tarfile,
+    Pillow) often span several, and file names may hold bytes a terminal cannot show.
     """
 
     def __init__(self, message: str = "") -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(printable(" ".join(str(message).split())))
 
 
 def first_line(e: BaseException) -> str:
@@ -23,6 +41,14 @@ def first_line(e: BaseException) -> str:
 def write_failure(e: OSError | RuntimeError) -> str:
     """Why a write failed, in one line: an OSError's reason, or the first line of torch.save's RuntimeError."""
     return e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)[:200]
+
+
+# What torch.load raises on a damaged or crafted file, even with weights_only=True: the zip reader's RuntimeError,
+# the unpickler's own errors, and what a crafted pickle makes an allowed rebuild function raise.
+TORCH_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, IndexError, TypeError,
+    ValueError, AttributeError, OverflowError, struct.error,
+)
 
 
 class DataError(AlexNetCifarError):

@@ -12,7 +12,8 @@ from PIL import Image
 from torch import nn
 
 from alexnet_cifar10.config import check_tta_shift
-from alexnet_cifar10.data.formats import CLASSES, IMAGE_SUFFIXES, decode_image
+from alexnet_cifar10.data.formats import CLASSES
+from alexnet_cifar10.data.images import IMAGE_SUFFIXES, decode_image
 from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.device import autocast
 from alexnet_cifar10.errors import DataError

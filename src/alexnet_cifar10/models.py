@@ -7,7 +7,9 @@ all take the same input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -181,6 +183,102 @@ def model_kwargs(name: str) -> dict[str, object]:
     raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
 
 
+NUM_CLASSES = 10  # the outputs every model has: CIFAR-10's classes
+MAX_PARAMETERS = 100_000_000  # the most weights a model may have; alexnet_224, the largest here, has 57 million
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ints(value: object, low: int, high: int, length: range) -> bool:
+    return isinstance(value, list | tuple) and len(value) in length and all(_is_int(v, low, high) for v in value)
+
+
+def _triple(value: object) -> bool:
+    return (isinstance(value, list | tuple) and len(value) == 3 and _is_int(value[0], 1, 4096)
+            and _is_int(value[1], 1, 11) and _is_int(value[2], 1, 4))
+
+
+def _three_numbers(value: object, positive: bool) -> bool:
+    return (isinstance(value, list | tuple) and len(value) == 3 and all(_is_number(v) for v in value)
+            and (not positive or all(v > 0 for v in value)))
+
+
+# Every setting AlexNet takes, with the values a model may have: what a checkpoint's model_kwargs or a
+# safetensors file's metadata may ask for (each range holds every registered model and then some).
+SETTINGS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "convs": (lambda v: isinstance(v, list | tuple) and 1 <= len(v) <= 8 and all(_triple(c) for c in v),
+              "1 to 8 (channels 1-4096, kernel 1-11, stride 1-4) triples"),
+    "pool_after": (lambda v: _ints(v, 0, 7, range(0, 9)), "a list of convolution indices 0-7"),
+    "pool": (lambda v: _ints(v, 1, 4, range(2, 3)), "a (kernel, stride) pair of integers 1-4"),
+    "pool_padding": (lambda v: _is_int(v, 0, 2), "an integer 0-2"),
+    "pool_output": (lambda v: _is_int(v, 1, 8), "an integer 1-8"),
+    "hidden": (lambda v: _is_int(v, 1, 8192), "an integer 1-8192"),
+    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
+    "pool_first": (lambda v: isinstance(v, bool), "true or false"),
+    "input_size": (lambda v: _is_int(v, 32, 256), "an integer 32-256"),
+    "num_classes": (lambda v: v == NUM_CLASSES and not isinstance(v, bool), f"{NUM_CLASSES} (CIFAR-10's classes)"),
+    "mean": (lambda v: _three_numbers(v, positive=False), "three finite numbers"),
+    "std": (lambda v: _three_numbers(v, positive=True), "three positive finite numbers"),
+}
+
+
+_DEFAULTS = {k: p.default for k, p in inspect.signature(AlexNet.__init__).parameters.items() if k != "self"}
+assert set(_DEFAULTS) == set(SETTINGS), "SETTINGS must hold a rule for every AlexNet argument"
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def model_settings(name: str, overrides: Mapping[str, object] | None = None) -> dict[str, object]:
+    """The AlexNet settings of model ``name`` with ``overrides``, checked before anything is built: only settings
+    AlexNet takes, each within its range (``SETTINGS``), a feature map of at least one pixel after every
+    layer and at most ``MAX_PARAMETERS`` weights. A ConfigError says what is wrong."""
+    settings = {**model_kwargs(name), **(overrides or {})}
+    for key, value in settings.items():
+        rule = SETTINGS.get(key) if isinstance(key, str) else None
+        if rule is None:
+            raise ConfigError(f"model {name} has no setting {_shown(key)} (models.SETTINGS lists those it has)")
+        if not rule[0](value):
+            raise ConfigError(f"model setting {key}={_shown(value)} is not {rule[1]}")
+    full = {**_DEFAULTS, **settings}
+    convs, pool_after, (kernel, stride), padding = full["convs"], full["pool_after"], full["pool"], full["pool_padding"]
+    if padding > kernel // 2:
+        raise ConfigError(f"model setting pool_padding={padding} is more than half the pool kernel {kernel}")
+    if any(i >= len(convs) for i in pool_after):
+        raise ConfigError(f"model setting pool_after={_shown(pool_after)} names a convolution beyond the "
+                          f"{len(convs)} there are")
+    side = full["input_size"]
+    for i, (_, k, s) in enumerate(convs):
+        side = (side + 2 * (k // 2) - k) // s + 1
+        if i in pool_after:
+            side = (side + 2 * padding - kernel) // stride + 1
+        if side < 1:
+            raise ConfigError(f"model {name} with these settings shrinks the image to nothing at convolution {i + 1}")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        count = count_parameters(AlexNet(**settings))
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"model {name} with these settings has {count:,} weights, more than the "
+                          f"{MAX_PARAMETERS:,} limit")
+    return settings
+
+
+def expected_state(name: str, overrides: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of model ``name`` with ``overrides`` (checked by ``model_settings``) as meta tensors: its
+    keys, shapes and dtypes, found without allocating any weights."""
+    settings = model_settings(name, overrides)
+    with torch.device("meta"):
+        return AlexNet(**settings).state_dict()
+
+
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of ``model``, of any dimension and synchronised or not."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -253,8 +351,9 @@ def check_whitenable(name: str) -> None:
 
 
 def create_model(name: str, **overrides: object) -> AlexNet:
-    """The network ``name`` (see ``MODELS``), with ``overrides`` of its settings (e.g. ``dropout``)."""
-    return AlexNet(**{**model_kwargs(name), **overrides})
+    """The network ``name`` (see ``MODELS``), with ``overrides`` of its settings (e.g. ``dropout``), each checked
+    by ``model_settings`` first."""
+    return AlexNet(**model_settings(name, overrides))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -28,7 +28,15 @@ def shipped_info(name: str) -> dict[str, Any]:
     if name not in shipped():
         raise CheckpointError(f"no trained weights named {name!r} ship with this install; available: "
                               f"{', '.join(shipped()) or 'none'} (or give a checkpoint path)")
-    return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    path = WEIGHTS_DIR / f"{name}.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e.strerror if isinstance(e, OSError) else 'not JSON'}); "
+                              "reinstall the package") from None
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+        raise CheckpointError(f"{path}: no sha256 of the weights; reinstall the package")
+    return info
 
 
 def sha256(path: Path) -> str:
@@ -43,7 +51,11 @@ def shipped_file(name: str) -> Path:
     """The safetensors file of the shipped weights ``name``, after checking its sha256."""
     expected = shipped_info(name)["sha256"]
     path = WEIGHTS_DIR / f"{name}.safetensors"
-    if sha256(path) != expected:
+    try:
+        actual = sha256(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e.strerror or e}); reinstall the package") from None
+    if actual != expected:
         raise CheckpointError(f"{path}: sha256 does not match {name}.json (damaged or replaced file); "
                               "reinstall the package")
     return path

@@ -6,128 +6,39 @@ Supported layouts, found automatically:
   unpickler that only builds plain containers, bytes/str/int and numpy arrays;
 * ``binary``: the official binary batches (``cifar-10-batches-bin/``);
 * ``imagefolder``: ``train/<class>/*`` and/or ``test/<class>/*`` PNG or JPEG files, 32x32 RGB;
-* any of these inside a ``.tar.gz``, ``.tgz`` or ``.tar``, read member by member in memory:
-  nothing is extracted, and members with absolute paths, ``..`` or links are refused.
+* any of these inside a ``.tar.gz``, ``.tgz`` or ``.tar`` (read by ``sources``, within its limits).
 """
 
 from __future__ import annotations
 
 import io
-import lzma
 import os
 import pickle
+import pickletools
 import posixpath
 import re
-import tarfile
-import zlib
-from collections.abc import Callable
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from alexnet_cifar10.data.images import IMAGE_SUFFIXES, decode_image
+from alexnet_cifar10.data.sources import Source
 from alexnet_cifar10.errors import DataError
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLIT_NAMES = ("train", "test")
 _BATCH_RE = re.compile(r"^data_batch_(\d+)$")
 _BIN_RE = re.compile(r"^data_batch_(\d+)\.bin$")
 
 # (images uint8 N x 3 x 32 x 32, labels int64 N) per split name
 Decoded = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-# --------------------------------------------------------------------------- sources
-class Source:
-    """A read-only view of files: relative posix names and a way to read each one."""
-
-    def __init__(self, label: str, names: list[str], reader: Callable[[str], bytes]) -> None:
-        self.label = label
-        self.names = sorted(names)
-        self._reader = reader
-
-    def read(self, name: str) -> bytes:
-        return self._reader(name)
-
-    def where(self, name: str) -> str:
-        """The name of a file as a user would look for it."""
-        return f"{self.label}:{name}" if self.label.endswith(ARCHIVE_SUFFIXES) else str(
-            Path(self.label) / name
-        )
-
-
-def directory_source(root: Path) -> Source:
-    names = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel = Path(dirpath).relative_to(root)
-        names += [(rel / f).as_posix() for f in filenames if not f.startswith(".")]
-
-    def read(name: str) -> bytes:
-        try:
-            return (root / name).read_bytes()
-        except OSError as e:
-            raise DataError(f"cannot read {root / name}: {e.strerror or e}") from None
-
-    return Source(str(root), names, read)
-
-
-def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
-    name = member.name
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-        raise DataError(f"{archive}: refusing archive member with an unsafe path: {name!r}")
-    if member.issym() or member.islnk():
-        raise DataError(f"{archive}: refusing archive member that is a link: {name!r}")
-    if not (member.isfile() or member.isdir()):
-        raise DataError(f"{archive}: refusing archive member that is not a regular file: {name!r}")
-
-
-def _check_end(archive: Path, tar: tarfile.TarFile) -> None:
-    """tarfile stops quietly where a plain .tar was cut between two members (or inside a header);
-    only the end-of-archive marker, a block of zeros, tells a complete archive from a cut one."""
-    if not isinstance(tar.fileobj, io.BufferedReader):
-        return  # compressed: a cut stream already fails in the decompressor
-    tar.fileobj.seek(tar.offset)
-    if tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
-        raise DataError(f"{archive}: truncated or corrupt archive (no member header or end-of-archive marker "
-                        f"at byte {tar.offset})")
-
-
-def archive_source(archive: Path) -> Source:
-    """Read every regular member into memory, refusing unsafe members; nothing is extracted."""
-    files: dict[str, bytes] = {}
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                _check_member(archive, member)
-                if not member.isfile():
-                    continue
-                name = posixpath.normpath(member.name)  # also drops a leading "./"
-                if name == "." or any(part.startswith(".") for part in name.split("/")):
-                    continue  # hidden files and folders (e.g. macOS "._*" resource forks)
-                handle = tar.extractfile(member)
-                files[name] = handle.read() if handle else b""
-            _check_end(archive, tar)
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
-        if isinstance(e, OSError) and e.errno is not None:
-            raise DataError(f"cannot read archive {archive}: {e.strerror}") from None
-        detail = " ".join(str(e).split())  # tarfile's "r:*" error spans several lines
-        raise DataError(f"{archive}: truncated or corrupt archive ({detail})") from None
-    return Source(str(archive), list(files), files.__getitem__)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -185,15 +96,35 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
+# What unpickling a damaged or crafted batch raises: the unpickler's own errors (a cut stream, a bad opcode, a
+# missing memo entry, a stack underflow) and those of the numpy calls it is allowed to make.
+# MemoryError: a length that the stream declares and the unpickler sets aside before reading it.
+_PICKLE_ERRORS = (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError, struct.error,
+                  RuntimeError, ImportError, MemoryError)
+
+
+def _scan_pickle(data: bytes, where: str) -> None:
+    """Walk the opcodes of a pickle without running them, so that a cut or malformed stream, or a memo index
+    beyond the stream's own length (the unpickler would grow its memo to that index), is refused before any
+    memory is set aside for it."""
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > len(data):
+                raise DataError(f"{where}: corrupt pickle (memo index {arg} in a stream of {len(data)} bytes)")
+    except (ValueError, OverflowError) as e:
+        raise DataError(f"{where}: truncated or corrupt pickle ({str(e)[:160]})") from None
+
+
 def restricted_loads(data: bytes, where: str) -> object:
+    _scan_pickle(data, where)
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as e:
         if "refusing" in str(e):
             raise DataError(f"{where}: pickle asks to run code ({e}); not loaded") from None
         raise DataError(f"{where}: truncated or corrupt pickle ({e})") from None
-    except Exception as e:  # noqa: BLE001 - any failure inside a hostile pickle is a data error
-        raise DataError(f"{where}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
+    except _PICKLE_ERRORS as e:
+        raise DataError(f"{where}: truncated or corrupt pickle ({type(e).__name__}: {str(e)[:160]})") from None
 
 
 def _key(d: dict, name: str) -> object:
@@ -238,9 +169,10 @@ def _check_meta(source: Source, root: str) -> None:
     names = _key(obj, "label_names") if isinstance(obj, dict) else None
     if not isinstance(names, list):
         raise DataError(f"{source.where(name)}: not a CIFAR-10 meta file (no 'label_names')")
-    decoded = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    if tuple(decoded) != CLASSES:
-        raise DataError(f"{source.where(name)}: label names {decoded} are not CIFAR-10's")
+    decoded = [n.decode(errors="replace") if isinstance(n, bytes) else str(n)[:40] for n in names[:20]]
+    if len(names) != len(CLASSES) or tuple(decoded) != CLASSES:
+        shown = ", ".join(decoded[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        raise DataError(f"{source.where(name)}: label names ({shown}) are not CIFAR-10's")
 
 
 def _concat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,30 +234,6 @@ def read_binary(source: Source, root: str) -> Decoded:
 
 
 # --------------------------------------------------------------------------- image folders
-IMAGE_FORMATS = ("PNG", "JPEG")  # what is decoded; Pillow's other formats (PostScript, ...) are never tried
-MAX_IMAGE_SIDE = 4096  # pixels a side of an image given to predict, checked before it is decoded
-
-
-def decode_image(data: bytes, where: str, *, strict: bool = True) -> np.ndarray:
-    """Decode one PNG or JPEG image to H x W x 3 uint8; ``strict`` demands 32x32 RGB as stored, otherwise any
-    size up to ``MAX_IMAGE_SIDE`` pixels a side."""
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-            if max(img.size) > MAX_IMAGE_SIDE:
-                raise DataError(f"{where}: image is {img.size[0]}x{img.size[1]}; at most {MAX_IMAGE_SIDE} pixels a "
-                                "side are decoded")
-            if strict and img.size != (32, 32):
-                raise DataError(f"{where}: image is {img.size[0]}x{img.size[1]}, expected 32x32")
-            if strict and img.mode != "RGB":
-                raise DataError(f"{where}: image mode is {img.mode}, expected RGB")
-            return np.asarray(img.convert("RGB"))
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types on hostile files (bombs included)
-        detail = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"  # its text names a BytesIO object
-        raise DataError(f"{where}: not a readable PNG or JPEG image{detail}") from None
-
-
 def _image_split(source: Source, root: str, split: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     prefix = _join(root, split) + "/"
     by_class: dict[str, list[str]] = {}
@@ -338,8 +246,9 @@ def _image_split(source: Source, root: str, split: str, progress: bool) -> tuple
         by_class.setdefault(rest[0], []).append(name)
     unknown = sorted(set(by_class) - set(CLASSES))
     if unknown:
+        shown = ", ".join(n[:40] for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise DataError(
-            f"{source.where(prefix)}: unknown class folder(s) {', '.join(unknown)}; "
+            f"{source.where(prefix)}: unknown class folder(s) {shown}; "
             f"expected the CIFAR-10 classes {', '.join(CLASSES)}"
         )
     missing = [c for c in CLASSES if c not in by_class]
@@ -372,27 +281,9 @@ def read_imagefolder(source: Source, root: str, progress: bool = False) -> Decod
     return {s: _image_split(source, root, s, progress) for s in SPLIT_NAMES if s in present}
 
 
-# --------------------------------------------------------------------------- entry point
-def open_source(path: Path) -> Source:
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory (pass --data PATH to CIFAR-10)")
-    if path.is_dir():
-        return directory_source(path)
-    if is_archive(path):
-        return archive_source(path)
-    raise DataError(f"{path}: not a directory or a .tar.gz/.tgz/.tar archive")
-
-
-def find_archive_in(directory: Path) -> Path | None:
-    """A directory that holds nothing but a downloaded archive is read through that archive."""
-    archives = sorted(p for p in directory.iterdir() if is_archive(p))
-    return archives[0] if len(archives) == 1 else None
-
-
 def read_source(source: Source, layout: Layout, progress: bool = False) -> Decoded:
     if layout.format == "python":
         return read_python(source, layout.root)
     if layout.format == "binary":
         return read_binary(source, layout.root)
     return read_imagefolder(source, layout.root, progress)
-

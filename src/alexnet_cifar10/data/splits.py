@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from alexnet_cifar10.config import DEFAULT_DATA
-from alexnet_cifar10.data import cache, download, formats
+from alexnet_cifar10.data import cache, download, formats, sources
 from alexnet_cifar10.errors import DataError
 
 
@@ -85,22 +85,27 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
 def resolve_source(path: Path, *, auto_download: bool, url: str | None, progress: bool) -> Path:
     """The file or folder to read; downloads the official archive into an empty default folder."""
     if path.is_dir():  # a left-over .part (resumed) or .bad (set aside) download counts as nothing
-        empty = not any(p for p in path.iterdir() if not p.name.startswith(".") and p.suffix not in (".part", ".bad"))
+        try:
+            empty = not any(p for p in path.iterdir()
+                            if not p.name.startswith(".") and p.suffix not in (".part", ".bad"))
+        except OSError as e:
+            raise DataError(f"cannot list {path}: {e.strerror or e}") from None
     else:
         empty = not path.exists()
     if empty:
         if not auto_download:
-            raise DataError(f"{path}: no such file or directory (pass --data PATH to CIFAR-10)")
+            what = "a folder without data" if path.is_dir() else "no such file or directory"
+            raise DataError(f"{path}: {what} (pass --data PATH to CIFAR-10)")
         return download.download_archive(path, url, progress=progress)
     return path
 
 
 def decode_source(path: Path, progress: bool) -> tuple[str, formats.Decoded]:
-    source = formats.open_source(path)
+    source = sources.open_source(path)
     try:
         layout = formats.detect_layout(source)
     except DataError:
-        inner = formats.find_archive_in(path) if path.is_dir() else None
+        inner = sources.find_archive_in(path) if path.is_dir() else None
         if inner is None:
             raise
         return decode_source(inner, progress)

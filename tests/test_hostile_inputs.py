@@ -1,0 +1,392 @@
+"""The real CLI, in a subprocess, on hostile or broken inputs: archive bombs, odd URLs and servers, planted caches,
+crafted checkpoints, odd file names.
+
+Every refused case ends in exactly one line ``alexnet-cifar10: error: ...`` of at most 300 characters that names
+the problem, with a non-zero exit and no traceback; every case finishes within ``LIMIT_S`` seconds and
+``MEMORY_BYTES`` of address space (a bomb that got past the limits would hit it) and writes nothing outside its
+own temp folder (HOME, XDG_CACHE_HOME, ALEXNET_CIFAR10_CACHE, TMPDIR and the working folder all lie inside it).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    HOSTILE_CHECKPOINTS,
+    HttpServer,
+    http_server,
+    make_deep_tree,
+    make_pixels,
+    padded,
+    remove_deep_tree,
+    sparse_header,
+    split_counts,
+    tar_header,
+    write_checkpoint,
+    write_gzip,
+    write_imagefolder,
+    write_python,
+    write_tar,
+)
+from PIL import Image
+
+from alexnet_cifar10.data import load_cifar10
+from alexnet_cifar10.data.cache import cache_path, content_digest
+from alexnet_cifar10.data.download import MAX_DOWNLOAD_BYTES
+from alexnet_cifar10.data.sources import MAX_FILE_BYTES, MAX_FILES
+
+LIMIT_S = 60
+# About five times what the CLI needs (torch and its thread pools reserve about 0.8 GiB; a source read to the
+# 1 GiB limit adds that much), and less than an 8 GiB sparse member or header would claim.
+MEMORY_BYTES = 4 << 30
+NAME = "cifar-10-python.tar.gz"
+Pixels = dict[str, tuple[np.ndarray, np.ndarray]]
+
+# The child sets its own address-space limit before the CLI starts: preexec_fn is not safe in this process,
+# which runs an HTTP server thread.
+_LAUNCH = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
+           "sys.argv[0] = 'alexnet-cifar10'; runpy.run_module('alexnet_cifar10', run_name='__main__')")
+
+
+@dataclass
+class Case:
+    """One case's temp folder, with the folders the CLI may write to all inside it."""
+
+    root: Path
+
+    @property
+    def cwd(self) -> Path:
+        return self.root / "cwd"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env.update(HOME=str(self.root / "home"), XDG_CACHE_HOME=str(self.root / "xdg"),
+                   ALEXNET_CIFAR10_CACHE=str(self.cache), TMPDIR=str(self.root / "tmp"), PYTHONUNBUFFERED="1",
+                   no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost",
+                   # thread pools and malloc arenas reserve address space per core; keep it the same on any machine
+                   OMP_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+        env.pop("ALEXNET_CIFAR10_URL", None)
+        env.pop("ALEXNET_CIFAR10_MD5", None)
+        return env
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    if not folder.is_dir():
+        return {}
+    return {p.name: p.lstat().st_mtime_ns for p in folder.iterdir()}
+
+
+REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet-cifar10"
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> Case:
+    for name in ("cwd", "home", "xdg", "cache", "tmp"):
+        (tmp_path / name).mkdir()
+    return Case(tmp_path)
+
+
+def run(case: Case, *args: str) -> subprocess.CompletedProcess[str]:
+    """``alexnet-cifar10 ARGS`` in a subprocess under the time and memory limits; nothing may change outside
+    the case's folder."""
+    outside = {folder: _listing(folder) for folder in (case.root.parent, REAL_CACHE)}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", _LAUNCH.format(limit=MEMORY_BYTES), *args], cwd=case.cwd,
+                            env=case.env(), capture_output=True, text=True, errors="backslashreplace",
+                            timeout=LIMIT_S)
+    assert time.monotonic() - start < LIMIT_S
+    for folder, before in outside.items():
+        after = _listing(folder)
+        if folder == case.root.parent:
+            before.pop(case.root.name, None)
+            after.pop(case.root.name, None)
+        assert after == before, f"{folder} changed"
+    return result
+
+
+def refused(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The one error line of a refused command, checked: non-zero exit, no traceback, at most 300 characters,
+    every needle in it."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("alexnet-cifar10: error: ") and len(line) <= 300, line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def tolerated(result: subprocess.CompletedProcess[str], warnings: int = 0) -> None:
+    """A command that copes with the input: exit 0, no traceback, exactly ``warnings`` warning lines."""
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == warnings and all(line.startswith("warning: ") for line in lines), result.stderr
+
+
+def data_info(case: Case, data: Path) -> subprocess.CompletedProcess[str]:
+    return run(case, "data", "info", "--data", str(data), "--val-size", "0")
+
+
+# --------------------------------------------------------------------------- archives
+def _bomb(path: Path, pieces: list[bytes | int]) -> Path:
+    return write_gzip(path, [*pieces, bytes(2 * tarfile.BLOCKSIZE)])
+
+
+def _member_over_the_limit(path: Path) -> Path:
+    size = MAX_FILE_BYTES + 1  # 64 MiB of zeros compress to 64 KiB
+    return _bomb(path, [tar_header("train/cat/big.png", size), size, bytes(padded(size))])
+
+
+def _over_the_total(path: Path) -> Path:
+    pieces: list[bytes | int] = []
+    for i in range(16):  # 16 members of exactly the member limit: 1 GiB and their headers
+        pieces += [tar_header(f"bomb/{i}.bin", MAX_FILE_BYTES), MAX_FILE_BYTES]
+    return _bomb(path, pieces)
+
+
+def _too_many_members(path: Path) -> Path:
+    header = tar_header("d", 0, tarfile.DIRTYPE)
+    per_piece = 4096
+    return _bomb(path, [header * per_piece] * (MAX_FILES // per_piece + 1))
+
+
+ARCHIVES = {
+    "member-over-64-MiB": (_member_over_the_limit, ("train/cat/big.png", "larger than the 64 MiB")),
+    "1-GiB-in-64-MiB-members": (_over_the_total, ("decompresses to more than 1 GiB",)),
+    "sparse-member-of-8-GiB": (lambda p: _bomb(p, [sparse_header("train/cat/big.png", 8 << 30)]),
+                               ("sparse file", "train/cat/big.png")),
+    "200001-members": (_too_many_members, ("more than 200,000 archive members",)),
+    "pax-header-of-8-GiB": (lambda p: _bomb(p, [tar_header("././@PaxHeader", 8 << 30, tarfile.XHDTYPE)]),
+                            ("header is larger than the 64 MiB",)),
+    "link-out": (lambda p: _bomb(p, [tar_header("train/cat/x.png", 0, tarfile.SYMTYPE, linkname="../../../etc/pa"
+                                                "sswd")]), ("link", "train/cat/x.png")),
+    "device": (lambda p: _bomb(p, [tar_header("train/cat/x.png", 0, tarfile.CHRTYPE)]), ("not a regular file",)),
+}
+
+
+@pytest.mark.parametrize("kind", list(ARCHIVES))
+def test_hostile_archives(case: Case, kind: str) -> None:
+    build, needles = ARCHIVES[kind]
+    archive = build(case.root / "data.tar.gz")
+    assert archive.stat().st_size < 4 << 20  # each bomb is small on disk
+    refused(data_info(case, archive), str(archive), *needles)
+    assert sorted(p.name for p in case.root.iterdir()) == ["cache", "cwd", "data.tar.gz", "home", "tmp", "xdg"]
+
+
+def test_member_names_that_are_not_utf8_are_read(case: Case, pixels: Pixels) -> None:
+    root = write_imagefolder(case.root / "img", {"train": pixels["train"]})
+    archive = case.root / "odd.tar.gz"
+    with tarfile.open(archive, "w:gz", errors="surrogateescape") as tar:
+        for i, path in enumerate(sorted(root.rglob("*"))):
+            name = path.relative_to(root).as_posix()
+            tar.add(path, arcname=f"{name[:-4]}\udcff{i}.png" if path.is_file() else name, recursive=False)
+    result = data_info(case, archive)
+    tolerated(result)
+    assert split_counts(result.stdout) == {"train": "60", "val": "none", "test": "none"}
+
+
+# --------------------------------------------------------------------------- downloads
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    folder = tmp_path_factory.mktemp("payload")
+    root = write_python(folder / "src", {"train": make_pixels(1, 11), "test": make_pixels(1, 12)})
+    with http_server(write_tar(root, folder / NAME).read_bytes()) as httpd:
+        yield httpd
+
+
+@pytest.fixture
+def fresh(server: HttpServer) -> HttpServer:
+    server.state.mode, server.state.location = "ok", ""
+    return server
+
+
+def download(case: Case, url: str) -> subprocess.CompletedProcess[str]:
+    return run(case, "data", "download", "--data", str(case.root / "dl"), "--url", url)
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("file:///etc/passwd", "only http:// and https:// URLs are fetched"),
+    ("data:,hello", "only http:// and https:// URLs are fetched"),
+    ("http://", "names no host"),
+    ("http://[::1", "not a valid URL"),
+])
+def test_urls_that_are_not_fetched(case: Case, url: str, needle: str) -> None:
+    refused(download(case, url), needle)
+    assert not (case.root / "dl").exists()
+
+
+@pytest.mark.parametrize(("mode", "needle"), [
+    ("huge-length", "announces 931.3 GiB, more than the 650.4 MiB limit"),
+    ("chunked-cut", "broke off"),
+    ("garbage", "not valid HTTP"),
+    ("redirect", "redirects to a ftp: URL"),
+])
+def test_broken_servers(case: Case, fresh: HttpServer, mode: str, needle: str) -> None:
+    fresh.state.mode, fresh.state.location = mode, "ftp://127.0.0.1/cifar-10-python.tar.gz"
+    refused(download(case, fresh.url(f"/{NAME}")), needle)
+    assert not (case.root / "dl" / NAME).exists()
+
+
+def test_a_server_that_sends_without_end(case: Case, fresh: HttpServer) -> None:
+    """A resumed download 2 MiB short of the limit (a sparse .part) meets a server that never stops."""
+    dest = case.root / "dl"
+    dest.mkdir()
+    with open(dest / f"{NAME}.part", "wb") as f:
+        f.truncate(MAX_DOWNLOAD_BYTES - (2 << 20))
+    fresh.state.mode = "endless"
+    refused(download(case, fresh.url(f"/{NAME}")), "sends more than 650.4 MiB")
+    assert list(dest.iterdir()) == []  # the oversized .part is not kept
+
+
+def test_a_part_file_that_links_elsewhere(case: Case, fresh: HttpServer) -> None:
+    victim = case.root / "victim.txt"
+    victim.write_text("the user's own file\n")
+    (case.root / "dl").mkdir()
+    (case.root / "dl" / f"{NAME}.part").symlink_to(victim)
+    asked = len(fresh.state.paths)
+    refused(download(case, fresh.url(f"/{NAME}")), "symbolic link", "left alone")
+    assert victim.read_text() == "the user's own file\n"
+    assert len(fresh.state.paths) == asked  # refused before the server was asked
+
+
+def test_a_file_under_the_archive_name_is_kept(case: Case, fresh: HttpServer) -> None:
+    (case.root / "dl").mkdir()
+    mine = case.root / "dl" / NAME
+    mine.write_bytes(b"the user's own archive")
+    refused(download(case, fresh.url(f"/{NAME}")), "left alone")
+    assert mine.read_bytes() == b"the user's own archive"
+
+
+# --------------------------------------------------------------------------- planted caches
+def _plant(cache_file: Path, change: str) -> None:
+    blob = torch.load(cache_file, weights_only=True)
+    x, y = blob["splits"]["train"]["images"].clone(), blob["splits"]["train"]["labels"].clone()
+    if change == "labels":
+        y[:] = 42
+        blob["digest"] = content_digest(cache_file.stem, blob["format"], {"train": (x, y)})
+    else:
+        x.zero_()  # blank images under the old digest
+    blob["splits"] = {"train": {"images": x, "labels": y}}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    cache_file.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize(("change", "reason"), [("labels", "train labels outside 0..9"),
+                                                ("pixels", "its tensors do not match their sha256"),
+                                                ("link", "not a regular file")])
+def test_a_planted_cache_is_rebuilt(case: Case, pixels: Pixels, change: str, reason: str) -> None:
+    root = write_imagefolder(case.root / "img", {"train": pixels["train"]})
+    cache_file = cache_path(root, case.cache)
+    assert load_cifar10(root, val_size=0, cache_dir=case.cache).cache_file == cache_file
+    victim = case.root / "victim.pt"
+    if change == "link":  # even a sound cache is not read through a link, nor written through one
+        victim.write_bytes(cache_file.read_bytes())
+        cache_file.unlink()
+        cache_file.symlink_to(victim)
+    else:
+        _plant(cache_file, change)
+    kept = victim.read_bytes() if victim.exists() else None
+    result = data_info(case, root)
+    tolerated(result, warnings=1)
+    assert f"ignoring cache {cache_file} ({reason})" in result.stderr
+    assert split_counts(result.stdout) == {"train": "60", "val": "none", "test": "none"}
+    assert "(written," in result.stdout and not cache_file.is_symlink()
+    rebuilt = load_cifar10(root, val_size=0, cache_dir=case.cache)
+    assert rebuilt.from_cache and torch.equal(rebuilt.train.images, torch.from_numpy(pixels["train"][0]))
+    if kept is not None:
+        assert victim.read_bytes() == kept
+
+
+# --------------------------------------------------------------------------- checkpoints
+CHECKPOINT_CASES = ["text", "empty", "list", "wrong-types", "dropout-text", "huge-classes", "huge-network",
+                    "unknown-setting", "wrong-shape", "stride-zero-giant", "compressed", "runs-code",
+                    "tta-shift-text"]
+COMMANDS = ("evaluate", "predict", "export")
+
+
+@pytest.mark.parametrize(("kind", "command"), [(k, COMMANDS[i % 3]) for i, k in enumerate(CHECKPOINT_CASES)])
+def test_hostile_checkpoints(case: Case, kind: str, command: str) -> None:
+    marker = case.root / "pwned"
+    checkpoint = write_checkpoint(case.root / f"{kind}.pt", kind, marker)
+    out = case.root / "out.safetensors"
+    if command == "evaluate":
+        args = ("evaluate", str(checkpoint), "--data", str(case.root / "no-data"), "--device", "cpu")
+    elif command == "predict":
+        image = case.root / "cat.png"
+        Image.new("RGB", (32, 32), (90, 80, 70)).save(image)
+        args = ("predict", str(checkpoint), str(image), "--device", "cpu")
+    else:
+        args = ("export", str(checkpoint), "--format", "safetensors", "--out", str(out))
+    refused(run(case, *args), str(checkpoint), HOSTILE_CHECKPOINTS[kind][1])
+    assert not marker.exists() and not out.exists()
+
+
+def test_a_safetensors_file_of_garbage(case: Case) -> None:
+    path = case.root / "model.safetensors"
+    path.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")  # a header that claims a terabyte
+    refused(run(case, "export", str(path), "--format", "onnx", "--out", str(case.root / "m.onnx")),
+            "not a readable safetensors file")
+
+
+# --------------------------------------------------------------------------- odd files in a data folder
+def _odd_batch(py_root: Path, kind: str) -> Path:
+    batch = py_root / "cifar-10-batches-py" / ("test_batch" if kind == "device" else "data_batch_1")
+    batch.unlink()
+    if kind == "fifo":
+        os.mkfifo(batch)
+    elif kind == "device":
+        batch.symlink_to("/dev/zero")
+    else:
+        with open(batch, "wb") as f:
+            f.truncate(10 << 30)  # sparse: no disk used
+    return batch
+
+
+@pytest.mark.parametrize(("kind", "needle"), [("fifo", "not a regular file"), ("device", "not a regular file"),
+                                              ("huge", "10 GiB is larger than the 64 MiB")])
+def test_batches_that_are_no_plain_small_files(case: Case, pixels: Pixels, kind: str, needle: str) -> None:
+    root = write_python(case.root / "py", pixels)
+    batch = _odd_batch(root, kind)
+    refused(data_info(case, root), str(batch), needle)
+
+
+def test_a_class_folder_that_is_not_utf8(case: Case, pixels: Pixels) -> None:
+    root = write_imagefolder(case.root / "img", {"train": pixels["train"]})
+    odd = os.fsencode(root / "train") + b"/\xffcat"
+    os.mkdir(odd)
+    Image.new("RGB", (32, 32)).save(odd + b"/0.png")
+    refused(data_info(case, root), "unknown class folder(s) \\xffcat")
+
+
+def test_odd_names_links_and_a_deep_tree_are_tolerated(case: Case, pixels: Pixels) -> None:
+    root = write_imagefolder(case.root / "img", {"train": pixels["train"]})
+    image = sorted((root / "train" / "cat").iterdir())[0]
+    os.rename(image, os.fsencode(image.parent) + b"/\xff\xfe.png")
+    (root / "train" / "cat" / ".hidden").symlink_to(case.root / "nowhere")
+    (root / "README").symlink_to(case.root / "nowhere")
+    make_deep_tree(root, 1200)  # deeper than Python's recursion limit, which os.walk meets
+    try:
+        result = data_info(case, root)
+        tolerated(result)
+        assert split_counts(result.stdout) == {"train": "60", "val": "none", "test": "none"}
+    finally:
+        remove_deep_tree(root, 1200)
