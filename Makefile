@@ -29,7 +29,7 @@ train: $(INSTALLED)
 
 test: $(EXTRAS)
 	$(BIN)/ruff check src tests benchmarks notebooks hubconf.py
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile  # one worker per core; a test file's tests share one
 
 lint: $(EXTRAS)
 	$(BIN)/ruff check src tests benchmarks notebooks hubconf.py

@@ -21,7 +21,7 @@ FLAGS = ("--val-size", "20", "--batch-size", "8", "--epochs", "2", "--threads", 
 
 
 def start(data: Path, run: Path, resume: bool, *extra: str) -> subprocess.Popen[str]:
-    args = (["--resume", str(run), "--no-progress"] if resume
+    args = (["--resume", str(run), "--no-progress", *extra] if resume
             else ["--data", str(data), "--out", str(run), *FLAGS, *extra])
     return subprocess.Popen([sys.executable, "-m", "alexnet_cifar10", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -201,7 +201,11 @@ def test_a_second_training_on_a_run_folder_in_use_is_refused(tiny_png: Path, tmp
     finally:
         first.kill()
         first.wait()
-    finish(tiny_png, run)  # the lock dies with its process: the killed run resumes
+    # the lock dies with its process: the killed run resumes (to the end of the epoch it was in)
+    epoch = torch.load(run / "last.pt", weights_only=True)["epoch"]
+    resumed = start(tiny_png, run, True, "--epochs", str(epoch + 1))
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
 
 
 def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tiny_png: Path, tmp_path: Path) -> None:

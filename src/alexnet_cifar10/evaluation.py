@@ -185,7 +185,8 @@ def predict(
     k = max(1, min(top_k, len(CLASSES)))
 
     def classify() -> None:
-        probs = logits_of(model, torch.stack([x for _, x in good]).to(device), tta, tta_shift).softmax(1).cpu()
+        batch = torch.stack([x for _, x in good]).to(device, memory_format=torch.channels_last)  # as evaluate
+        probs = logits_of(model, batch, tta, tta_shift).softmax(1).cpu()
         values, indices = probs.topk(k, dim=1)
         for (i, _), vals, idxs in zip(good, values, indices, strict=True):
             results[i].top = [(CLASSES[j], float(v)) for v, j in zip(vals, idxs, strict=True)]

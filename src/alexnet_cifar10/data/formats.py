@@ -18,6 +18,7 @@ import pickletools
 import posixpath
 import re
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -189,18 +190,25 @@ def _numbered(source: Source, root: str, pattern: re.Pattern[str]) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
+def _read_batches(source: Source, root: str, pattern: re.Pattern[str], test_name: str,
+                  decode: Callable[[bytes, str], tuple[torch.Tensor, torch.Tensor]]) -> Decoded:
+    """The numbered training batches (``pattern``) and the test batch of an official layout, each decoded."""
+    out: Decoded = {}
+    train = _numbered(source, root, pattern)
+    if train:
+        out["train"] = _concat([decode(source.read(n), source.where(n)) for n in train])
+    test = _join(root, test_name)
+    if test in source.names:
+        out["test"] = decode(source.read(test), source.where(test))
+    if not out:
+        suffix = test_name.removeprefix("test_batch")  # "" or ".bin"
+        raise DataError(f"{source.where(root or '.')}: no data_batch_N{suffix} or {test_name} files")
+    return out
+
+
 def read_python(source: Source, root: str) -> Decoded:
     _check_meta(source, root)
-    out: Decoded = {}
-    train = _numbered(source, root, _BATCH_RE)
-    if train:
-        out["train"] = _concat([decode_python_batch(source.read(n), source.where(n)) for n in train])
-    test = _join(root, "test_batch")
-    if test in source.names:
-        out["test"] = decode_python_batch(source.read(test), source.where(test))
-    if not out:
-        raise DataError(f"{source.where(root or '.')}: no data_batch_N or test_batch files")
-    return out
+    return _read_batches(source, root, _BATCH_RE, "test_batch", decode_python_batch)
 
 
 # --------------------------------------------------------------------------- binary format
@@ -221,16 +229,7 @@ def decode_binary_batch(data: bytes, where: str) -> tuple[torch.Tensor, torch.Te
 
 
 def read_binary(source: Source, root: str) -> Decoded:
-    out: Decoded = {}
-    train = _numbered(source, root, _BIN_RE)
-    if train:
-        out["train"] = _concat([decode_binary_batch(source.read(n), source.where(n)) for n in train])
-    test = _join(root, "test_batch.bin")
-    if test in source.names:
-        out["test"] = decode_binary_batch(source.read(test), source.where(test))
-    if not out:
-        raise DataError(f"{source.where(root or '.')}: no data_batch_N.bin or test_batch.bin")
-    return out
+    return _read_batches(source, root, _BIN_RE, "test_batch.bin", decode_binary_batch)
 
 
 # --------------------------------------------------------------------------- image folders
