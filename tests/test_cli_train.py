@@ -170,6 +170,12 @@ def test_predict_good_and_bad_files(trained_run: Path, tmp_path: Path) -> None:
     assert ok.returncode == 0
     top = json.loads(ok.stdout)[0]["top"]
     assert len(top) == 3 and sum(p for _, p in top) <= 1.0 + 1e-6
+    between = run_cli("predict", str(trained_run / "best.pt"), "--top-k", "1", str(tmp_path / "a.png"),
+                      str(tmp_path / "b.jpg"))  # files after a flag are files too
+    assert between.returncode == 0, between.stderr
+    assert "a.png:" in between.stdout and "b.jpg:" in between.stdout
+    assert "unrecognized arguments: --top-kk" in one_error_line(
+        run_cli("predict", str(trained_run / "best.pt"), str(tmp_path / "a.png"), "--top-kk", "1"))
 
 
 class Payload:

@@ -1,4 +1,4 @@
-"""The package's imports flow one way, and the CLI starts without loading torch."""
+"""The package's imports flow one way; the CLI starts without loading torch and stops quietly when its reader does."""
 
 from __future__ import annotations
 
@@ -71,3 +71,13 @@ def test_the_cli_and_its_help_do_not_load_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_output_cut_short_by_its_reader_is_no_error() -> None:
+    """``alexnet-cifar10 models --json | head -1``: the CLI stops quietly when the pipe closes."""
+    cli = subprocess.Popen([sys.executable, "-m", "alexnet_cifar10", "models", "--json"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    assert cli.stdout is not None
+    cli.stdout.close()  # the reader goes away before the CLI writes its first line
+    _, err = cli.communicate(timeout=120)
+    assert err.decode() == "" and cli.returncode == 141

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import fields
@@ -253,7 +254,12 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # predict's files may stand after its flags too: predict CKPT --top-k 1 a.png b.png
+        if args.command != "predict" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.inputs += extra
     command = COMMANDS[(args.command, getattr(args, "data_command", None))]
     start = time.perf_counter()
     try:
@@ -264,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted after {time.perf_counter() - start:.0f} s", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout stopped early (`... | head`): it has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # as a shell reports a command ended by SIGPIPE
     except OSError as e:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         print(f"{PROG}: error:{where} {e.strerror or e}", file=sys.stderr)
