@@ -155,6 +155,32 @@ def test_evaluate_matches_the_final_evaluation(trained_run: Path, tiny_png: Path
     assert json.loads(shifted.stdout)["images"] == 20
 
 
+def test_evaluate_and_export_write_over_nothing_of_the_users(trained_run: Path, tiny_png: Path,
+                                                              tmp_path: Path) -> None:
+    """evaluate --out takes a new or empty folder or an earlier evaluation's; export --out never an existing file."""
+    checkpoint = trained_run / "best.pt"
+    evaluate = ("evaluate", str(checkpoint), "--data", str(tiny_png), "--val-size", "20")
+    run_files = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    assert "not an evaluation's (best.pt, config.json, curves.png, ...)" in one_error_line(
+        run_cli(*evaluate, "--out", str(trained_run)))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "samples.png").write_bytes(b"my own picture")
+    assert "not an evaluation's (samples.png)" in one_error_line(run_cli(*evaluate, "--out", str(mine)))
+    assert (mine / "samples.png").read_bytes() == b"my own picture"
+    earlier = tmp_path / "ev"
+    for _ in range(2):  # a second evaluation replaces the first's files
+        assert run_cli(*evaluate, "--out", str(earlier)).returncode == 0
+    assert sorted(p.name for p in earlier.iterdir()) == ["confusion.png", "result.json", "samples.png"]
+
+    (tmp_path / "model.onnx").write_bytes(b"mine")
+    for out in (checkpoint, tmp_path / "model.onnx"):
+        line = one_error_line(run_cli("export", str(checkpoint), "--format", "torchscript", "--out", str(out)))
+        assert f"--out {out} already exists" in line
+    assert (tmp_path / "model.onnx").read_bytes() == b"mine"
+    assert {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()} == run_files
+
+
 def test_predict_good_and_bad_files(trained_run: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")

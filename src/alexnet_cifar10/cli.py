@@ -141,6 +141,23 @@ def tta_of(args: argparse.Namespace, state: dict[str, Any]) -> tuple[bool, int]:
     return tta, 0 if args.tta is False else trained.get("tta_shift", 0)
 
 
+EVALUATION_FILES = ("result.json", "confusion.png", "samples.png")  # what evaluate --out writes
+
+
+def claim_evaluation_dir(out: Path) -> None:
+    """Create ``out``, or accept it when it is empty or holds an earlier evaluation (which this one replaces):
+    a run folder's plots and a user's own files are never written over."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    except OSError as e:
+        raise ConfigError(f"cannot use --out {out}: {e.strerror or e}") from None
+    if names and not (EVALUATION_FILES[0] in names and names <= set(EVALUATION_FILES)):
+        foreign = sorted(names - set(EVALUATION_FILES)) or sorted(names)
+        raise ConfigError(f"--out {out} holds files that are not an evaluation's ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet_cifar10 import reporting
     from alexnet_cifar10.evaluation import evaluate
@@ -148,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     at_least(args.batch_size, 1, "batch-size")
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before the work
+        claim_evaluation_dir(Path(args.out))  # fail on a bad --out before the work
     model, state, device = _load_for_eval(args)
     data = load_data(args)
     name = args.split or data.eval_split_name()
@@ -158,9 +175,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       device=device, tta=tta, tta_shift=shift)
     if args.out:
         out = Path(args.out)
-        atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=2))
-        reporting.plot_confusion(result, out / "confusion.png")
-        reporting.plot_samples(split.images, split.labels, result.predictions, data.classes, out / "samples.png")
+        atomic_write_text(out / EVALUATION_FILES[0], json.dumps(result.to_dict(), indent=2))
+        reporting.plot_confusion(result, out / EVALUATION_FILES[1])
+        reporting.plot_samples(split.images, split.labels, result.predictions, data.classes, out / EVALUATION_FILES[2])
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -86,6 +86,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     if Path(out).is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name")
+    if Path(out).exists() or Path(out).is_symlink():  # never over a file of the user's, the checkpoint included
+        raise ConfigError(f"--out {out} already exists; remove it or give another file name")
     state = trained_state(checkpoint)
     model = model_from_state(state).float().eval()
     model = model.to(memory_format=torch.contiguous_format)
