@@ -15,6 +15,7 @@ from typing import Any
 from alexnet_cifar10.arguments import PROG, build_parser
 from alexnet_cifar10.config import Config, config_from_file, make_config
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
+from alexnet_cifar10.io import atomic_write_text, foreign_files
 
 
 def weights_of(args: argparse.Namespace) -> str:
@@ -149,19 +150,19 @@ def claim_evaluation_dir(out: Path) -> None:
     a run folder's plots and a user's own files are never written over."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+        foreign = foreign_files(out, EVALUATION_FILES)
+        if not foreign and not (out / EVALUATION_FILES[0]).is_file():  # plots without result.json: not ours
+            foreign = foreign_files(out, ())
     except OSError as e:
         raise ConfigError(f"cannot use --out {out}: {e.strerror or e}") from None
-    if names and not (EVALUATION_FILES[0] in names and names <= set(EVALUATION_FILES)):
-        foreign = sorted(names - set(EVALUATION_FILES)) or sorted(names)
-        raise ConfigError(f"--out {out} holds files that are not an evaluation's ({', '.join(foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+    if foreign:
+        raise ConfigError(f"--out {out} holds files that are not an evaluation's ({foreign}); give a new or empty "
+                          "folder")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet_cifar10 import reporting
     from alexnet_cifar10.evaluation import evaluate
-    from alexnet_cifar10.io import atomic_write_text
 
     at_least(args.batch_size, 1, "batch-size")
     if args.out:
@@ -216,7 +217,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.benchmark import format_table, run_benchmark
     from alexnet_cifar10.device import resolve_precision, select_device, set_threads
-    from alexnet_cifar10.io import atomic_write_text
     from alexnet_cifar10.models import create_model
 
     for name in ("steps", "repeats", "batch_size"):

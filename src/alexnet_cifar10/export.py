@@ -6,6 +6,7 @@ normalisation is inside the model.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -84,14 +85,14 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
     """Write ``checkpoint``'s trained model to ``out`` in ``fmt``; returns the PyTorch model."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
-    if Path(out).is_dir():
+    out = Path(out)
+    if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name")
-    if Path(out).exists() or Path(out).is_symlink():  # never over a file of the user's, the checkpoint included
+    if os.path.lexists(out):  # never over a file of the user's, the checkpoint included; nor through a link
         raise ConfigError(f"--out {out} already exists; remove it or give another file name")
     state = trained_state(checkpoint)
     model = model_from_state(state).float().eval()
     model = model.to(memory_format=torch.contiguous_format)
-    out = Path(out)
     if fmt == "onnx":
         require("onnx")
         export_onnx(model, out)

@@ -1,10 +1,11 @@
-"""Crash-safe file writing: a temp file in the same folder, fsync, then an atomic rename."""
+"""Writing that loses nothing: crash-safe files (a temp file in the same folder, fsync, then an atomic rename),
+and the check that an output folder holds only what the command itself writes."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,3 +38,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def foreign_files(folder: Path, own: Collection[str]) -> str:
+    """The entries of ``folder`` whose names are not in ``own`` (hidden ones aside), listed for an error message
+    (the first three, then ``...``); empty when there are none."""
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in own and not p.name.startswith("."))
+    return ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")

@@ -17,7 +17,7 @@ import torch
 from alexnet_cifar10 import __version__
 from alexnet_cifar10.config import Config, flag, load_config
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
-from alexnet_cifar10.io import atomic_write_text
+from alexnet_cifar10.io import atomic_write_text, foreign_files
 
 try:
     import fcntl
@@ -44,11 +44,10 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out/--name"
         )
     if not resume and run_dir.is_dir():  # never write over a user's own files
-        foreign = sorted(p.name for p in run_dir.iterdir()
-                         if p.name not in (*RUN_FILES, "tensorboard") and not p.name.startswith("."))
+        foreign = foreign_files(run_dir, (*RUN_FILES, "tensorboard"))
         if foreign:
-            raise ConfigError(f"{run_dir} holds files that are not a run's ({', '.join(foreign[:3])}"
-                              f"{', ...' if len(foreign) > 3 else ''}); give --out a new or empty folder")
+            raise ConfigError(f"{run_dir} holds files that are not a run's ({foreign}); give --out a new or empty "
+                              "folder")
 
 
 @contextmanager
