@@ -20,14 +20,30 @@ QUICK = os.environ.get("ALEXNET_CIFAR10_QUICK", "0") == "1"  # set True for a qu
 DATA = os.environ.get("ALEXNET_CIFAR10_DATA", "data")         # folder or archive; ./data is downloaded"""),
     ("code", """import matplotlib.pyplot as plt
 import torch
+from PIL import Image
 
 from alexnet_cifar10 import CLASSES, Split, load_cifar10, load_model, make_config, predict, train
-from alexnet_cifar10.evaluation import evaluate
+from alexnet_cifar10.evaluation import evaluate"""),
+    ("md", """## The trained model, before any training
 
-data = load_cifar10(DATA)
-if QUICK:
-    data.train = Split(data.train.images[:2000], data.train.labels[:2000])
-    data.val = Split(data.val.images[:500], data.val.labels[:500])
+The package ships the `best` recipe's weights: `load_model("best")` needs no training and no network.
+Here it classifies an image file of a ship (a validation image, saved as PNG) with its test-time
+augmentation, as `alexnet-cifar10 predict --weights best ship.png` does."""),
+    ("code", """data = load_cifar10(DATA)
+best = load_model("best")
+ship = int(torch.nonzero(data.val.labels == CLASSES.index("ship"))[0])
+Image.fromarray(data.val.images[ship].permute(1, 2, 0).numpy()).save("ship.png")
+for p in predict(best, ["ship.png"], top_k=3, tta=True, tta_shift=1):
+    print(p.path, p.top)"""),
+    ("md", """## The data
+
+In the quick setting, a random 2,000 training and 500 validation images (every class in both)."""),
+    ("code", """if QUICK:
+    keep = torch.Generator().manual_seed(0)
+    train_part = torch.randperm(len(data.train), generator=keep)[:2000]
+    val_part = torch.randperm(len(data.val), generator=keep)[:500]
+    data.train = Split(data.train.images[train_part], data.train.labels[train_part])
+    data.val = Split(data.val.images[val_part], data.val.labels[val_part])
 print(data.format, {name: None if s is None else len(s) for name, s in
                     [("train", data.train), ("val", data.val), ("test", data.test)]})"""),
     ("md", "## A look at the data"),
@@ -78,9 +94,7 @@ for ax, img, p, t in zip(axes.flat, data.val.images[:16], pred, data.val.labels[
     ax.set_title(f"{CLASSES[p]}", color="black" if p == t else "red", fontsize=8)
 plt.show()"""),
     ("md", "## Predict on image files"),
-    ("code", """from PIL import Image
-
-Image.fromarray(data.val.images[0].permute(1, 2, 0).numpy()).save("example.png")
+    ("code", """Image.fromarray(data.val.images[0].permute(1, 2, 0).numpy()).save("example.png")
 for p in predict(model, ["example.png"], top_k=3):
     print(p.path, p.top)"""),
 ]

@@ -98,9 +98,9 @@ def test_a_run_ships_as_float16_weights_with_what_the_json_promises(tmp_path: Pa
         info["val_accuracy_float32"]["plain"])
 
 
-
-def test_the_shipped_seed_weights_reproduce_their_recorded_validation_results() -> None:
-    """The package's seed weights, loaded by name, give the validation accuracy and the predictions their JSON
+@pytest.mark.parametrize("name", ["best", "seed"])
+def test_the_shipped_weights_reproduce_their_recorded_validation_results(name: str) -> None:
+    """The package's weights, loaded by name, give the validation accuracy and the predictions their JSON
     records, on the validation split of the shared training archive."""
     import os
 
@@ -113,11 +113,11 @@ def test_the_shipped_seed_weights_reproduce_their_recorded_validation_results() 
         if os.environ.get("CI") == "true":
             pytest.fail(f"{SHARED_ARCHIVE} is missing, and CI=true: the shipped-weights check must run")
         pytest.skip(f"{SHARED_ARCHIVE} is not on this machine")
-    info = pretrained.shipped_info("seed")
+    info = pretrained.shipped_info(name)
     data = load_cifar10(SHARED_ARCHIVE, val_size=info["training_data"]["val_images"],
                         seed=info["training_data"]["split_seed"])
     assert len(data.train) == info["training_data"]["train_images"]
-    model = load_model("seed")
+    model = load_model(name)
     result = evaluate(model, data.val.images, data.val.labels)
     assert result.accuracy == pytest.approx(info["val_accuracy"]["plain"], abs=2e-4)  # float16 weights, in fp32
     recorded = info["check_predictions_float32"]

@@ -124,7 +124,7 @@ def build_parser() -> Parser:
     return parser
 
 
-WEIGHTS_HELP = "seed (the trained weights shipped with the package), or a checkpoint or .safetensors path"
+WEIGHTS_HELP = "best or seed (trained weights shipped with the package), or a checkpoint or .safetensors path"
 
 
 def add_weights_flags(p: argparse.ArgumentParser) -> None:
