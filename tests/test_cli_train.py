@@ -52,6 +52,9 @@ def test_train_writes_the_run_folder(trained_run: Path) -> None:
     assert html.count("data:image/png;base64,") == 3 and "per" not in html[:20]
     final = json.loads((trained_run / "final.json").read_text())
     assert final["split"] == "test" and final["images"] == 20
+    # the training compute, recorded three times: seed's network (157.0 MFLOPs) x 3 x 40 images x 1 epoch
+    assert config["training_pflop"] == final["training_pflop"] == pytest.approx(157.0e6 * 3 * 40 / 1e15, rel=1e-3)
+    assert f"{config['training_pflop']:.3g} PFLOP (forward FLOPs x 3 x 40 images x 1 epochs)" in html
 
 
 def test_checkpoint_loads_weights_only(trained_run: Path) -> None:
@@ -318,8 +321,18 @@ def test_print_config_shows_the_resolved_settings_and_trains_nothing(tmp_path: P
     result = run_cli("train", "--recipe", "best", "--lr", "0.1", "--out", str(tmp_path / "r"), "--print-config")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
+    assert printed.pop("training_images") == 45000 and printed.pop("training_pflop") > 0
     assert printed == {**make_config("best", lr=0.1, out=str(tmp_path / "r")).to_dict()}
     assert not (tmp_path / "r").exists()
+
+
+def test_print_config_counts_the_training_compute() -> None:
+    """PFLOP of training: forward FLOPs (seed's network: 157.0 MFLOPs, `models`) x 3 x images x epochs."""
+    result = run_cli("train", "--epochs", "10", "--val-size", "10000", "--print-config")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["training_images"] == 40000
+    assert printed["training_pflop"] == pytest.approx(157.0e6 * 3 * 40000 * 10 / 1e15, rel=1e-3)
 
 
 def test_a_run_is_repeated_bit_identically_from_its_config(trained_run: Path, tiny_png: Path, tmp_path: Path) -> None:
@@ -364,24 +377,54 @@ def test_bn_momentum_reaches_every_batchnorm(tiny_png: Path, tmp_path: Path) -> 
     assert len(bns) == 5 and all(m.momentum == 0.4 for m in bns)
 
 
-@pytest.mark.parametrize(("capabilities", "expected"), [
-    ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
-    ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),
-    ({"avx512_bf16": False, "amx_bf16": False}, "fp32"),
-    ({}, "fp32"),
+@pytest.mark.parametrize(("capabilities", "timings", "expected"), [
+    ({"avx512_bf16": True, "amx_bf16": False}, {"fp32": 0.2, "bf16": 0.3}, "fp32"),  # AVX-512-BF16, no AMX
+    ({"avx512_bf16": True, "amx_bf16": False}, {"fp32": 0.3, "bf16": 0.2}, "bf16"),  # Zen 4
+    ({"avx512_bf16": False, "amx_bf16": True}, {"fp32": 0.3, "bf16": 0.1}, "bf16"),  # AMX
+    ({"avx512_bf16": False, "amx_bf16": False}, None, "fp32"),  # AVX2: emulated bf16, nothing to time
+    ({}, None, "fp32"),
 ])
-def test_auto_precision_is_bf16_only_where_the_cpu_has_it(capabilities: dict, expected: str, tiny_png: Path,
-                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--precision auto resolves once, and config.json (which a resume reads) records what the run computed in."""
-    from alexnet_cifar10 import train
-    from alexnet_cifar10.device import resolve_precision
+def test_auto_precision_takes_the_faster_one_where_the_cpu_has_bf16(
+        capabilities: dict, timings: dict | None, expected: str, tiny_png: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--precision auto resolves once: by the probe's timings where the CPU has bf16 instructions, and config.json
+    (which a resume reads) records what the run computed in and why."""
+    from alexnet_cifar10 import device, train
 
+    probed: list[str] = []
+
+    def fake_timings(model: str, where: torch.device, batch: int) -> dict[str, float]:
+        probed.append(model)
+        assert timings is not None, "a CPU without bf16 instructions is not probed"
+        return timings
+
+    monkeypatch.setenv("ALEXNET_CIFAR10_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
-    assert resolve_precision("auto", torch.device("cpu")) == expected
+    monkeypatch.setattr(device, "time_precisions", fake_timings)
+    assert device.resolve_precision("auto", torch.device("cpu"), "alexnet_tiny") == expected
+    assert device.resolve_precision("auto", torch.device("cpu"), "alexnet_tiny") == expected
+    assert probed == (["alexnet_tiny"] if timings else [])  # measured once, then read from the cache
     config = make_config(data=str(tiny_png), val_size=20, batch_size=16, epochs=1, threads=1, progress=False,
                          model="alexnet_tiny", precision="auto", out=str(tmp_path / "run"))
     train(config)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == expected
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert written["precision"] == expected
+    assert ("ms in fp32" in written["precision_choice"]) == (timings is not None), written["precision_choice"]
+
+
+def test_the_precision_probe_times_both_precisions_and_keeps_its_result(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet_cifar10 import device
+
+    monkeypatch.setenv("ALEXNET_CIFAR10_CACHE", str(tmp_path))
+    state = torch.random.get_rng_state()
+    seconds, cached = device.probe_precisions("alexnet_tiny", torch.device("cpu"))
+    assert not cached and set(seconds) == {"fp32", "bf16"} and all(t > 0 for t in seconds.values())
+    assert torch.equal(torch.random.get_rng_state(), state)  # a run's random streams are untouched
+    assert device.probe_precisions("alexnet_tiny", torch.device("cpu")) == (seconds, True)
+    (tmp_path / "precision.json").write_text('{"x": [1e999')  # damaged: measured again, then replaced
+    assert device.probe_precisions("alexnet_tiny", torch.device("cpu"))[1] is False
+    assert device.probe_precisions("alexnet_tiny", torch.device("cpu"))[1] is True
 
 
 def test_bf16_warns_only_on_a_cpu_that_emulates_it(monkeypatch: pytest.MonkeyPatch,
@@ -407,8 +450,13 @@ def test_benchmark_accepts_auto_precision(tiny_png: Path, tmp_path: Path) -> Non
                      "--device", "cpu", "--threads", "1", "--json", str(out))
     assert result.returncode == 0, result.stderr
     r = json.loads(out.read_text())
-    native = r["machine"].endswith("bf16 native")  # the machine line says which way auto went, and why
-    assert r["precision"] == ("bf16" if native else "fp32") and (native or r["machine"].endswith("bf16 emulated"))
+    native = r["machine"].endswith("bf16 native")
+    assert set(r["step_ips_by_precision"]) == {"fp32", "bf16"}  # both precisions, whichever was asked for
+    if native:  # timed by the probe, and the faster one taken
+        assert "ms in fp32" in r["precision_choice"] and r["precision"] in ("fp32", "bf16")
+    else:
+        assert r["precision"] == "fp32" and r["machine"].endswith("bf16 emulated"), r
+        assert "has no bf16" in r["precision_choice"] and "has no bf16" in result.stdout
 
 
 def test_train_never_writes_into_a_folder_of_other_files(tiny_png: Path, tmp_path: Path) -> None:

@@ -216,6 +216,49 @@ def test_no_decay_norm_bias_keeps_weight_decay_off_1d_parameters() -> None:
     assert [id(p) for p in whole[0]["params"]] == [id(p) for p in model.parameters()]  # old checkpoints load
 
 
+def test_muon_moves_the_filters_and_hidden_weights_and_sgd_the_rest() -> None:
+    model = create_model("alexnet_narrow_bn")
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.weight.requires_grad_(False)  # --freeze-bn-scale: nothing to optimise
+    optimizer = build_optimizer(make_config("best", optimizer="muon", muon_lr=0.05, lr=0.3), model)
+    sgd, muon = optimizer.optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = sorted(names[id(p)] for g in muon.param_groups for p in g["params"])
+    in_sgd = sorted(names[id(p)] for g in sgd.param_groups for p in g["params"])
+    assert in_muon == sorted(n for n, p in model.named_parameters() if p.ndim > 1 and n != "classifier.6.weight")
+    assert in_sgd == sorted(n for n, p in model.named_parameters()
+                            if p.requires_grad and (p.ndim == 1 or n == "classifier.6.weight"))
+    assert optimizer.param_groups[0]["lr"] == 0.3 and muon.param_groups[0]["lr"] == 0.05  # the logged lr is SGD's
+
+
+def test_muon_is_torchs_muon_with_filters_as_matrices() -> None:
+    """One step on a convolution (channels_last) and a linear layer, against torch.optim.Muon on their matrices;
+    torch computes Newton-Schulz in bf16, this Muon in fp32 or bf16, so they agree to bf16's precision."""
+    from alexnet_cifar10.optimization import Muon
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, bias=False).to(memory_format=torch.channels_last)
+    linear = torch.nn.Linear(40, 12, bias=False)
+    matrices = [torch.nn.Parameter(conv.weight.detach().flatten(1).clone()),
+                torch.nn.Parameter(linear.weight.detach().clone())]
+    conv(torch.randn(4, 8, 6, 6).to(memory_format=torch.channels_last)).square().sum().backward()
+    linear(torch.randn(64, 40)).square().sum().backward()  # a full-rank gradient: NS inflates tiny directions
+    matrices[0].grad, matrices[1].grad = conv.weight.grad.flatten(1).clone(), linear.weight.grad.clone()
+    torch.optim.Muon(matrices, lr=0.1, momentum=0.9, weight_decay=0.05).step()
+    for dtype, tolerance in ((torch.float32, 0.05), (torch.bfloat16, 0.08)):  # of an update's largest entry
+        start = [conv.weight.detach().clone(), linear.weight.detach().clone()]
+        Muon([{"params": [conv.weight, linear.weight]}], lr=0.1, momentum=0.9, weight_decay=0.05, dtype=dtype).step()
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # updated in place
+        for mine, torchs, before in zip((conv.weight.detach().flatten(1), linear.weight.detach()), matrices,
+                                        (start[0].flatten(1), start[1]), strict=True):
+            expected = torchs.detach() - before
+            assert ((mine - before) - expected).abs().max() <= tolerance * expected.abs().max()
+        with torch.no_grad():
+            conv.weight.copy_(start[0])
+            linear.weight.copy_(start[1])
+
+
 def test_norm_bias_lr_scale_speeds_up_the_batchnorm_shifts_only() -> None:
     model = create_model("alexnet_narrow_bn")
     shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}

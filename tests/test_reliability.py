@@ -40,8 +40,10 @@ def finish(data: Path, run: Path) -> None:
 def weights(run: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run / "last.pt", weights_only=True)
     tensors = dict(state["model"])
-    for i, s in state["optimizer"]["state"].items():
-        tensors |= {f"opt.{i}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)}
+    optimizers = state["optimizer"].get("optimizers", [state["optimizer"]])  # --optimizer muon keeps two
+    for j, optimizer in enumerate(optimizers):
+        for i, s in optimizer["state"].items():
+            tensors |= {f"opt{j}.{i}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)}
     for average in ("ema_model", "lookahead_model"):
         tensors |= {f"{average}.{k}": v for k, v in (state.get(average) or {}).items()}
     return tensors
@@ -116,14 +118,25 @@ def test_sigint_sigterm_checkpoint_and_exit(sig: int, code: int, reference: Path
     assert_identical(reference, run)
 
 
-def test_sigkill_then_resume_keeps_the_weight_averages_bit_identical(tiny_png: Path, tmp_path: Path) -> None:
-    extra = ("--lookahead", "--ema", "0.9", "--no-decay-norm-bias", "--optimizer", "sgd", "--weight-decay", "5e-4",
-             "--norm-bias-lr-scale", "8", "--dirac-init", "--bn-momentum", "0.4")
+WEIGHT_AVERAGES = ("--lookahead", "--ema", "0.9", "--no-decay-norm-bias", "--optimizer", "sgd", "--weight-decay",
+                   "5e-4", "--norm-bias-lr-scale", "8", "--dirac-init", "--bn-momentum", "0.4")
+MUON = ("--optimizer", "muon", "--muon-weight-decay", "0.05", "--freeze-bn-scale", "--whiten", "--lookahead",
+        "--model", "alexnet_narrow_bn")  # a network with BatchNorm, for its frozen scales
+
+
+@pytest.mark.parametrize("extra", [WEIGHT_AVERAGES, MUON], ids=["weight-averages", "muon"])
+def test_sigkill_then_resume_keeps_the_optimizer_and_averages_bit_identical(extra: tuple[str, ...], tiny_png: Path,
+                                                                           tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     proc = start(tiny_png, reference, False, *extra)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert torch.load(reference / "last.pt", weights_only=True)["lookahead_model"] is not None
+    state = torch.load(reference / "last.pt", weights_only=True)
+    assert state["lookahead_model"] is not None
+    if "muon" in extra:  # Muon's momentum is a matrix per filter bank, SGD's is shaped as its parameter
+        muon_state = state["optimizer"]["optimizers"][1]["state"]
+        assert muon_state and all(s["momentum_buffer"].ndim == 2 for s in muon_state.values())
+        assert torch.equal(state["model"]["features.1.weight"], torch.ones(32))  # BatchNorm scale frozen at 1
     run = tmp_path / "run"
     proc = start(tiny_png, run, False, *extra)
     wait_for(lambda: global_step(run) >= 6)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from alexnet_cifar10.config import Config
 from alexnet_cifar10.data.loader import ResidentLoader
-from alexnet_cifar10.device import autocast, native_bf16
+from alexnet_cifar10.device import autocast, native_bf16, time_precisions
 from alexnet_cifar10.models import create_model, forward_flops
 from alexnet_cifar10.training import mean_std
 
@@ -149,6 +149,8 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
                                                      device=device, batch_size=batch_size, steps=steps,
                                                      warmup=warmup, repeats=repeats)
     med = {k: statistics.median(v) if v else None for k, v in results.items()}
+    # both precisions on the same step, whichever one was asked for: what --precision auto weighs on this machine
+    both = {p: batch_size / t for p, t in time_precisions(model_name, device, batch_size).items()}
     flops = 3 * forward_flops(create_model(model_name).to(device))
     rate = matmul_rate(device, precision)
     return {
@@ -158,6 +160,7 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
         "train_flops_per_image": flops,
         "matmul_flops_per_s": rate,
         "mfu": med["end_to_end_ips"] * flops / rate,
+        "step_ips_by_precision": both,
         "repeats": results,
         "model": model_name, "precision": precision, "batch_size": batch_size, "steps": steps, "compile": compile,
         "device": str(device),
@@ -178,10 +181,12 @@ def format_table(r: dict[str, Any]) -> str:
         ("end-to-end / compute-only", f"{r['end_to_end_over_compute']:.2f}x"),
         ("end-to-end / seed-style", "-" if r["end_to_end_over_seed_style"] is None
          else f"{r['end_to_end_over_seed_style']:.2f}x"),
+        *((f"forward + backward, {p}", f"{ips:.0f} img/s") for p, ips in r["step_ips_by_precision"].items()),
         ("train FLOPs per image", f"{r['train_flops_per_image'] / 1e9:.3f} GFLOP"),
         (f"matmul rate ({r['precision']})", f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"),
         ("MFU", f"{100 * r['mfu']:.1f}%"),
     ]
     compiled = ", torch.compile" if r.get("compile") else ""
     head = f"{r['model']}, {r['precision']}, batch {r['batch_size']}{compiled}, {r['machine']}"
-    return head + "\n" + "\n".join(f"  {k:<30}{v:>18}" for k, v in rows)
+    why = f"\n  precision: {r['precision_choice']}" if r.get("precision_choice") else ""
+    return head + "\n" + "\n".join(f"  {k:<30}{v:>18}" for k, v in rows) + why

@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           f"{'--resume' if args.resume else '--recipe'}")
     if args.resume:
         if args.print_config:
-            print(json.dumps(resumed_config(Path(args.resume), given).to_dict(), indent=2))
+            print(json.dumps(printed_config(resumed_config(Path(args.resume), given)), indent=2))
             return 0
         result = resume(args.resume, cache_dir=args.cache_dir, **given)
     else:
@@ -115,12 +115,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             config = make_config(given.pop("recipe", "seed"), **given)
         if args.print_config:
-            print(json.dumps(config.to_dict(), indent=2))
+            print(json.dumps(printed_config(config), indent=2))
             return 0
         result = train(config, cache_dir=args.cache_dir)
     if (final := result.final) is not None:
         print(f"{final.split} accuracy {100 * final.accuracy:.2f}%; run folder {result.run_dir}")
     return 0
+
+
+CIFAR10_TRAIN_IMAGES = 50_000  # the official training split, of which --val-size images are held out
+
+
+def printed_config(config: Config) -> dict[str, Any]:
+    """What --print-config shows: the settings, and the training compute they cost on CIFAR-10's training split
+    less the validation images (a run records its own count, from the data it trains on)."""
+    from alexnet_cifar10.models import create_model, training_pflop
+
+    images = max(CIFAR10_TRAIN_IMAGES - config.val_size, 0)
+    pflop = training_pflop(create_model(config.model, dropout=config.dropout), images, config.epochs)
+    return {**config.to_dict(), "training_images": images, "training_pflop": round(pflop, 4)}
 
 
 def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
@@ -216,7 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.benchmark import format_table, run_benchmark
-    from alexnet_cifar10.device import resolve_precision, select_device, set_threads
+    from alexnet_cifar10.device import precision_choice, select_device, set_threads
     from alexnet_cifar10.models import create_model
 
     for name in ("steps", "repeats", "batch_size"):
@@ -226,14 +239,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     create_model(args.model)  # an unknown name fails here, before the data loads
     device = select_device(args.device)
-    precision = resolve_precision(args.precision, device)
     set_threads(args.threads)
+    precision, reason = precision_choice(args.precision, device, args.model)
     split = load_data(args).sample_split()
     if args.batch_size > len(split):
         raise ConfigError(f"--batch-size {args.batch_size} is larger than the {len(split)} images to benchmark on")
     result = run_benchmark(split.images, split.labels, model_name=args.model, precision=precision,
                            batch_size=args.batch_size, device=device, steps=args.steps, repeats=args.repeats,
                            seed_style=not args.no_seed_style, compile=args.compile)
+    result["precision_choice"] = reason
     print(format_table(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=2))

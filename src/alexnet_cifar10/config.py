@@ -41,10 +41,14 @@ class Config:
     # optimisation
     epochs: int = setting(20, "training epochs")
     batch_size: int = setting(128, "global batch size")
-    optimizer: str = setting("adam", "optimizer", ("adam", "adamw", "sgd"))
+    optimizer: str = setting("adam", "optimizer; muon: Muon on the convolution filters and hidden fully-connected "
+                             "weights, Nesterov SGD (--lr, --momentum) on the rest", ("adam", "adamw", "sgd", "muon"))
     lr: float = setting(1e-3, "peak learning rate")
     weight_decay: float = setting(0.0, "weight decay (decoupled for adamw)")
     momentum: float = setting(0.9, "SGD momentum (nesterov)")
+    muon_lr: float = setting(0.05, "--optimizer muon: Muon's learning rate (peak, under the same schedule)")
+    muon_momentum: float = setting(0.95, "--optimizer muon: Muon's momentum (nesterov)")
+    muon_weight_decay: float = setting(0.0, "--optimizer muon: Muon's decoupled weight decay")
     schedule: str = setting("constant", "learning-rate schedule", ("constant", "onecycle", "cosine", "linear"))
     warmup_epochs: float = setting(0.0, "linear warm-up epochs (cosine/linear schedules)")
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
@@ -55,6 +59,7 @@ class Config:
                                    "decay per step (airbench uses 64)")
     bn_momentum: float = setting(0.1, "BatchNorm running-statistics momentum (PyTorch's convention; airbench uses 0.4 "
                             "with --lookahead)")
+    freeze_bn_scale: bool = setting(False, "BatchNorm scales fixed at 1, only their shifts train (airbench)")
     decay_norm_bias: bool = setting(True, "weight decay also on BatchNorm parameters and biases (--no-decay-norm-bias: "
                                "on convolution and linear weights only)")
     # augmentation and evaluation
@@ -102,8 +107,12 @@ class Config:
         if not (self.weight_decay >= 0 and self.momentum >= 0 and self.warmup_epochs >= 0
                 and self.checkpoint_every >= 0):
             raise ConfigError("--weight-decay, --momentum, --warmup-epochs and --checkpoint-every must be 0 or more")
-        if self.optimizer == "sgd" and self.momentum <= 0:
-            raise ConfigError("--optimizer sgd uses Nesterov momentum: --momentum must be positive")
+        if self.optimizer in ("sgd", "muon") and self.momentum <= 0:
+            raise ConfigError(f"--optimizer {self.optimizer} uses Nesterov momentum: --momentum must be positive")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr) and 0 < self.muon_momentum < 1
+                and 0 <= self.muon_weight_decay < 1):
+            raise ConfigError("--muon-lr must be a positive number, --muon-momentum lie in (0, 1) and "
+                              "--muon-weight-decay in [0, 1)")
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
             raise ConfigError("--dropout, --label-smoothing and --ema must lie in [0, 1)")
         if not (0 <= self.crop_pad <= 32 and 0 <= self.cutout <= 32 and self.threads >= 0):

@@ -116,6 +116,7 @@ def register(builder: Callable[[], dict[str, object]]) -> Callable[[], dict[str,
 _ALEXNET_CONVS = ((64, 3, 1), (192, 3, 1), (384, 3, 1), (256, 3, 1), (256, 3, 1))
 _NARROW_CONVS = ((32, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1))
 _LARGE_CONVS = ((64, 3, 1), (128, 3, 1), (256, 3, 1), (512, 3, 1), (512, 3, 1))
+_SLIM_CONVS = ((48, 3, 1), (64, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1))
 # the large networks pool after conv 2, 3, 4 and 5, each pool before its BatchNorm and ReLU
 _POOL_FIRST: dict[str, object] = {"pool_after": (1, 2, 3, 4), "hidden": 1024, "batch_norm": True, "pool_first": True}
 
@@ -136,6 +137,12 @@ def alexnet_narrow_bn() -> dict[str, object]:
 def alexnet_large_bn() -> dict[str, object]:
     """the best recipe's: 3x3 convs 64-128-256-512-512, overlapping 3x3/2 max-pools after conv 2-5, BatchNorm"""
     return {"convs": _LARGE_CONVS, "pool": (3, 2), "pool_padding": 1, **_POOL_FIRST}
+
+
+@register
+def alexnet_slim_bn() -> dict[str, object]:
+    """3x3 convs 48-64-256-384-384 with BatchNorm, overlapping 3x3/2 max-pools after conv 2-5: width at 8x8 and 4x4"""
+    return {"convs": _SLIM_CONVS, "pool": (3, 2), "pool_padding": 1, **_POOL_FIRST}
 
 
 @register
@@ -371,6 +378,12 @@ def forward_flops(model: nn.Module, input_size: int = 32) -> int:
         model(torch.zeros(1, 3, input_size, input_size, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def training_pflop(model: nn.Module, images: int, epochs: int) -> float:
+    """A run's training compute in PFLOP: the forward FLOPs of one image x 3 (forward and backward) x the
+    training images x the epochs; the same count on every machine."""
+    return forward_flops(model) * 3 * images * epochs / 1e15
 
 
 def describe_models() -> list[dict[str, object]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,12 +53,87 @@ def lookahead(slow_weights: EMA, model: nn.Module, step: int, total: int) -> Non
         w.copy_(a)
 
 
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic Newton-Schulz iteration of Muon (Keller Jordan)
+
+
+def orthogonalize(update: torch.Tensor, dtype: torch.dtype, steps: int = 5) -> torch.Tensor:
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix of ``update`` (its singular values end
+    near 1), computed in ``dtype``. torch.optim.Muon always computes it in bf16, which a CPU without bf16
+    instructions emulates at a twentieth of its fp32 speed; here it follows the run's precision."""
+    a, b, c = NS_COEFFICIENTS
+    x = update.to(dtype)
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).to(update.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon: Nesterov momentum, then each weight's update orthogonalised by ``orthogonalize`` (a convolution's
+    filter bank as the out x (in*k*k) matrix it is), scaled by sqrt(max(1, rows / cols)) as torch.optim.Muon
+    does, with decoupled weight decay. The momentum buffers have the shape of their weights."""
+
+    def __init__(self, params: Iterable[dict[str, Any]], lr: float, momentum: float, weight_decay: float,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        assert closure is None, "Muon takes no closure"
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buffer.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buffer, group["momentum"]).flatten(1)  # Nesterov
+                update = orthogonalize(update, self.dtype) * max(1.0, update.size(0) / update.size(1)) ** 0.5
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.reshape(p.shape), alpha=-group["lr"])
+
+
+class Optimizers(torch.optim.Optimizer):
+    """Several optimizers stepped as one: they share their parameter groups with it, so one lr schedule, one
+    grad scaler and one checkpoint entry serve them all."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+        super().__init__([g for o in optimizers for g in o.param_groups], {})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        assert closure is None, "the optimizers are stepped together, without a closure"
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict["optimizers"]
+        if len(saved) != len(self.optimizers):
+            raise ValueError(f"the checkpoint holds {len(saved)} optimizers, this run has {len(self.optimizers)}")
+        for optimizer, state in zip(self.optimizers, saved, strict=True):
+            optimizer.load_state_dict(state)
+
+
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     """SGD/Adam/AdamW over parameter groups of equal (lr, weight decay), each in model order (so that earlier
     runs' optimizer states still load): the weights; the BatchNorm shifts at ``--norm-bias-lr-scale`` times the
     lr and the same decay per step; the other 1-d parameters. Under ``--no-decay-norm-bias`` the 1-d ones get
-    no weight decay."""
+    no weight decay. ``--optimizer muon`` moves the convolution filters and the hidden fully-connected weights
+    to Muon (``--muon-lr``, ``--muon-momentum``, ``--muon-weight-decay``) and leaves the rest, the output
+    layer among them, to Nesterov SGD."""
     trainable = [p for p in model.parameters() if p.requires_grad]  # not a --whiten layer's frozen filters
+    matrices: list[torch.Tensor] = []
+    if config.optimizer == "muon":
+        output = model.classifier[-1].weight if hasattr(model, "classifier") else None
+        matrices = [p for p in trainable if p.ndim > 1 and p is not output]
+        trainable = [p for p in trainable if not any(p is m for m in matrices)]
     shifts = {id(bn.bias) for bn in batch_norms(model) if bn.bias is not None}
     scale, decay = config.norm_bias_lr_scale, config.weight_decay if config.decay_norm_bias else 0.0
     groups: dict[tuple[float, float], list[torch.Tensor]] = {(config.lr, config.weight_decay): []}
@@ -74,8 +150,14 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
-                           weight_decay=config.weight_decay)
+    sgd = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
+                          weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return sgd
+    muon = Muon([{"params": matrices}], lr=config.muon_lr, momentum=config.muon_momentum,
+                weight_decay=config.muon_weight_decay,
+                dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32)
+    return Optimizers(sgd, muon)
 
 
 def lr_factor(config: Config, steps_per_epoch: int) -> Callable[[int], float]:

@@ -28,7 +28,7 @@ RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "curves.png",
              "report.html", "final.json", "model.safetensors")
 LOCK_FILE = ".lock"  # held (flock) by the process training into the folder; the kernel frees it when that ends
 RESUME_OVERRIDES = ("epochs", "device", "progress", "threads", "checkpoint_every", "data", "deterministic")
-PROVENANCE = ("version", "git_commit", "torch", "device_name", "world_size")
+PROVENANCE = ("version", "git_commit", "torch", "device_name", "world_size", "precision_choice")
 
 
 def run_dir_of(config: Config) -> Path:
@@ -132,11 +132,13 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def provenance(run_dir: Path, resumed_at: dict[str, int] | None, device: torch.device, world: int) -> dict[str, Any]:
-    """Where the run was made, for config.json. A resumed run (``resumed_at``: its epochs and steps done) keeps
-    where it started and adds one entry per resume to ``resumes`` (the code or machine may have changed)."""
+def provenance(run_dir: Path, resumed_at: dict[str, int] | None, device: torch.device, world: int,
+               precision_choice: str = "set by --precision") -> dict[str, Any]:
+    """Where the run was made and why it computes in its precision, for config.json. A resumed run
+    (``resumed_at``: its epochs and steps done) keeps where it started and adds one entry per resume to
+    ``resumes`` (the code or machine may have changed)."""
     now = {"version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-           "device_name": device_name(device), "world_size": world}
+           "device_name": device_name(device), "world_size": world, "precision_choice": precision_choice}
     if resumed_at is None:
         return now
     try:

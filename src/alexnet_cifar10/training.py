@@ -28,10 +28,18 @@ from alexnet_cifar10.checkpoint import load_checkpoint, save_checkpoint, save_sa
 from alexnet_cifar10.config import Config
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
-from alexnet_cifar10.device import autocast, configure_backends, resolve_precision, select_device
+from alexnet_cifar10.device import autocast, configure_backends, precision_choice, select_device, set_threads
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
 from alexnet_cifar10.evaluation import EvalResult, evaluate
-from alexnet_cifar10.models import AlexNet, batch_norms, create_model, dirac_init, freeze_first_conv, whiten_first_conv
+from alexnet_cifar10.models import (
+    AlexNet,
+    batch_norms,
+    create_model,
+    dirac_init,
+    freeze_first_conv,
+    training_pflop,
+    whiten_first_conv,
+)
 from alexnet_cifar10.optimization import EMA, LOOKAHEAD_EVERY, build_optimizer, lookahead, lr_factor
 from alexnet_cifar10.runs import (
     check_resume_model,
@@ -136,8 +144,10 @@ def resume(run_dir: str | Path, *, dataset: Cifar10 | None = None, cache_dir: st
 
 def _start(config: Config, saved: dict[str, Any] | None, data: Cifar10 | None, cache_dir: str | None) -> TrainResult:
     device = select_device(config.device)
+    set_threads(config.threads)  # before the precision probe, which times the run's own thread count
     # config.json and the checkpoints record what the run computes in, not "auto": a resume keeps it
-    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
+    precision, precision_reason = precision_choice(config.precision, device, config.model)
+    config = dataclasses.replace(config, precision=precision)
     dist, device = distributed.setup(device)
     try:
         if dist.enabled and config.name == "" and config.out == "":
@@ -145,7 +155,7 @@ def _start(config: Config, saved: dict[str, Any] | None, data: Cifar10 | None, c
                               "that every rank agrees on it")
         run_dir = run_dir_of(config)
         with claimed(run_dir, resume=saved is not None) if dist.is_main else nullcontext(run_dir):
-            return _train(config, saved, data, run_dir, device, dist, cache_dir)
+            return _train(config, saved, data, run_dir, device, dist, cache_dir, precision_reason)
     except (RuntimeError, torch.distributed.DistError) as e:
         if not dist.enabled:
             raise
@@ -156,7 +166,7 @@ def _start(config: Config, saved: dict[str, Any] | None, data: Cifar10 | None, c
 
 # --------------------------------------------------------------------------- the run
 def _train(config: Config, saved: dict[str, Any] | None, data: Cifar10 | None, run_dir: Path,
-           device: torch.device, dist: distributed.Dist, cache_dir: str | None) -> TrainResult:
+           device: torch.device, dist: distributed.Dist, cache_dir: str | None, precision_reason: str) -> TrainResult:
     configure_backends(config, device)
     if data is None:  # everything resident on the device as uint8
         data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
@@ -172,7 +182,8 @@ def _train(config: Config, saved: dict[str, Any] | None, data: Cifar10 | None, r
               nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
     if dist.is_main:
         resumed_at = None if saved is None else {"epochs_done": state.epoch, "steps_into_epoch": state.step}
-        write_config(run_dir, config, provenance(run_dir, resumed_at, device, dist.world))
+        write_config(run_dir, config, {**provenance(run_dir, resumed_at, device, dist.world, precision_reason),
+                                       "training_pflop": training_pflop(state.model, len(data.train), config.epochs)})
         run.writer = open_tensorboard(run_dir) if config.tensorboard else None
     try:
         with stop_requests() as stop:
@@ -216,6 +227,8 @@ def build_state(config: Config, data: Cifar10, device: torch.device, dist: distr
         dirac_init(model)
     for bn in batch_norms(model):
         bn.momentum = config.bn_momentum
+        if config.freeze_bn_scale:
+            bn.weight.requires_grad_(False)
     if config.whiten:  # on resume the checkpoint holds the filters: only the freezing is redone
         freeze_first_conv(model) if resuming else whiten_first_conv(model, data.train.images)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -360,7 +373,8 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
     result = evaluate(model, split.images, split.labels, split=split_name, device=device,
                       precision=config.precision, tta=config.tta, tta_shift=config.tta_shift,
                       channels_last=config.channels_last)
-    write_run_file(run_dir / "final.json", json.dumps(result.to_dict(), indent=2))
+    pflop = training_pflop(model, len(data.train), config.epochs)
+    write_run_file(run_dir / "final.json", json.dumps({**result.to_dict(), "training_pflop": pflop}, indent=2))
     save_safetensors({"model": model.state_dict(), **model_identity(config)}, run_dir / "model.safetensors")
     reporting.plot_confusion(result, run_dir / "confusion.png")
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
@@ -371,6 +385,8 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
         "best validation accuracy": (f"{100 * max(h['val_acc'] for h in history if h['val_acc'] is not None):.2f}%"
                                      if any(h["val_acc"] is not None for h in history) else "n/a"),
         "training time": f"{total:.0f} s over {len(history)} epochs",
+        "training compute": (f"{pflop:.3g} PFLOP (forward FLOPs x 3 x {len(data.train)} images x {config.epochs} "
+                             "epochs)"),
         "device": device_name(device),
         "package version": __version__,
     })
