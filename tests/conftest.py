@@ -331,6 +331,8 @@ HOSTILE_CHECKPOINTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "stride-zero-giant": (lambda marker: {**_tiny_state(), "model": _weights(
         **{"classifier.6.weight": _zeros(1).expand(10**6, 10**6)})}, "has shape (1000000, 1000000)"),
     "bad-ema": (lambda marker: _tiny_state(ema_model={"x": 1}), "(EMA weights): weights do not fit"),
+    "nan-weights": (lambda marker: {**_tiny_state(), "model": _weights(**{"features.3.weight": _nan(32, 16, 3, 3)})},
+                    "features.3.weight holds NaN or infinite values"),
     "config-not-a-dict": (lambda marker: _tiny_state(config=[1]), "config is not a dict"),
     "tta-shift-text": (lambda marker: _tiny_state(config={"tta_shift": "x"}), "tta_shift is not an integer 0-8"),
     "runs-code": (lambda marker: {"model": _RunsCode(marker), "model_name": "alexnet_tiny"},
@@ -343,6 +345,12 @@ def _zeros(*shape: int) -> object:
     import torch
 
     return torch.zeros(*shape)
+
+
+def _nan(*shape: int) -> object:
+    import torch
+
+    return torch.full(shape, float("nan"))
 
 
 def write_checkpoint(path: Path, kind: str, marker: Path) -> Path:

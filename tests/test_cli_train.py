@@ -31,7 +31,9 @@ def one_error_line(result) -> str:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def trained_run(tiny_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "r1"
-    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), *TRAIN_FLAGS)
+    # fp32 pinned: tests compare its final evaluation with `evaluate`, which computes in fp32
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), *TRAIN_FLAGS,
+                     "--precision", "fp32")
     assert result.returncode == 0, result.stderr
     return run
 
@@ -193,6 +195,8 @@ def test_predict_good_and_bad_files(trained_run: Path, tmp_path: Path) -> None:
                      str(tmp_path / "b.jpg"), "--top-k", "2")
     assert result.returncode == 1
     assert "a.png:" in result.stdout and "b.jpg:" in result.stdout
+    lines = {line.split(":")[0].rsplit("/", 1)[-1]: line for line in result.stdout.splitlines()}
+    assert lines["a.png"].count("%") == 2 and lines["b.jpg"].count("%") == 2  # --top-k 2: two classes each
     assert "resized from 48x64" in result.stdout
     assert one_error_line(result).endswith("c.png: not a readable PNG or JPEG image")
     ok = run_cli("predict", str(trained_run / "best.pt"), str(tmp_path / "a.png"), "--json")
@@ -203,6 +207,7 @@ def test_predict_good_and_bad_files(trained_run: Path, tmp_path: Path) -> None:
                       str(tmp_path / "b.jpg"))  # files after a flag are files too
     assert between.returncode == 0, between.stderr
     assert "a.png:" in between.stdout and "b.jpg:" in between.stdout
+    assert [line.count("%") for line in between.stdout.splitlines()] == [1, 1]
     assert "unrecognized arguments: --top-kk" in one_error_line(
         run_cli("predict", str(trained_run / "best.pt"), str(tmp_path / "a.png"), "--top-kk", "1"))
 
@@ -410,6 +415,27 @@ def test_auto_precision_takes_the_faster_one_where_the_cpu_has_bf16(
     written = json.loads((tmp_path / "run" / "config.json").read_text())
     assert written["precision"] == expected
     assert ("ms in fp32" in written["precision_choice"]) == (timings is not None), written["precision_choice"]
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_training_computes_in_its_precision(precision: str, dtype: torch.dtype, tiny_png: Path,
+                                            tmp_path: Path) -> None:
+    """The convolutions of the training steps compute in the run's precision (bf16 under autocast)."""
+    from alexnet_cifar10 import train
+
+    seen: set[torch.dtype] = set()
+
+    def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d) and module.training:
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        train(make_config(data=str(tiny_png), val_size=20, batch_size=16, epochs=1, threads=1, progress=False,
+                          model="alexnet_tiny", precision=precision, out=str(tmp_path / "run")))
+    finally:
+        handle.remove()
+    assert seen == {dtype}
 
 
 def test_the_precision_probe_times_both_precisions_and_keeps_its_result(tmp_path: Path,

@@ -76,7 +76,7 @@ def test_evaluate_keeps_the_runs_test_time_augmentation_from_pt_and_safetensors(
     run = tmp_path / "run"
     trained = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), "--val-size", "20",
                       "--batch-size", "8", "--model", "alexnet_tiny", "--no-progress", "--threads", "1",
-                      "--tta", "--tta-shift", "1")
+                      "--tta", "--tta-shift", "1", "--precision", "fp32")  # as `evaluate`, which it is compared with
     assert trained.returncode == 0, trained.stderr
     final = json.loads((run / "final.json").read_text())
     assert (final["tta"], final["tta_shift"]) == (True, 1)

@@ -357,3 +357,57 @@ def test_checkpoints_of_renamed_models_still_load(old: str, new: str, tmp_path: 
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert old not in MODELS  # not offered to new runs
+
+
+def test_test_time_augmentation_averages_the_views_it_names() -> None:
+    """Flips: the mean of the image's and its mirror's logits; + 1-pixel moves: half that, plus a quarter each of
+    the same for the image moved one pixel up-left and down-right (reflect-padded)."""
+    from alexnet_cifar10.evaluation import logits_of
+
+    torch.manual_seed(0)
+    model = create_model("alexnet_tiny").eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+        flips = (model(x) + model(x.flip(3))) / 2
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        moved = [padded[..., :32, :32], padded[..., 2:, 2:]]
+        both = flips / 2 + sum((model(m) + model(m.flip(3))) / 2 for m in moved) / 4
+        torch.testing.assert_close(logits_of(model, x, tta=False), plain)
+        torch.testing.assert_close(logits_of(model, x, tta=True), flips)
+        torch.testing.assert_close(logits_of(model, x, tta=True, shift=1), both)
+    assert not torch.allclose(flips, plain) and not torch.allclose(both, flips)  # each view changes the answer
+
+
+def test_the_slim_network_has_its_shapes_and_flops() -> None:
+    """alexnet_slim_bn: the maps after each pool, and its FLOPs counted by hand (2 x multiply-adds of the five
+    3x3 convolutions at 32, 32, 16, 8 and 4 pixels and of the three linear layers)."""
+    model = create_model("alexnet_slim_bn").eval()
+    shapes: list[tuple[int, ...]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
+             for m in model.features if isinstance(m, torch.nn.Conv2d | torch.nn.MaxPool2d)]
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    for hook in hooks:
+        hook.remove()
+    assert shapes == [(48, 32, 32), (64, 32, 32), (64, 16, 16), (256, 16, 16), (256, 8, 8), (384, 8, 8),
+                      (384, 4, 4), (384, 4, 4), (384, 2, 2)]
+    convs = [(3, 48, 32), (48, 64, 32), (64, 256, 16), (256, 384, 8), (384, 384, 4)]
+    linears = [(384 * 2 * 2, 1024), (1024, 1024), (1024, 10)]
+    by_hand = 2 * (sum(9 * cin * cout * side * side for cin, cout, side in convs) + sum(a * b for a, b in linears))
+    assert forward_flops(model) == by_hand
+    assert round(by_hand / 1e6, 1) == 295.8  # what `models` lists and RECIPES.md counts
+
+
+def test_whitening_is_deterministic() -> None:
+    """The same images give the same frozen filters, bit for bit, whatever the global random state."""
+    images = smooth_images(600, 3)
+    filters = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("alexnet_slim_bn")
+        model.set_normalization(*mean_std(images))
+        whiten_first_conv(model, images)
+        filters.append(model.features[0].weight.detach().clone())
+    assert torch.equal(filters[0], filters[1])
+    assert torch.equal(filters[0][24:], -filters[0][:24])  # 24 directions with both signs fill 48 channels

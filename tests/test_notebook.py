@@ -21,4 +21,5 @@ def test_notebook_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "run folder:" in outputs and "example.png" in outputs
+    assert "ship.png [('ship', " in outputs  # the shipped best weights, before any training, get the ship right
     assert (tmp_path / "runs" / "notebook-quick" / "report.html").is_file()

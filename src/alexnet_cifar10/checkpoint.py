@@ -205,6 +205,8 @@ def check_weights(weights: dict, expected: dict[str, torch.Tensor], name: str, w
                                   f"{tuple(want.shape)}")
         if tensor.is_floating_point() != want.is_floating_point() or tensor.is_complex():
             raise CheckpointError(f"{prefix}: {key} has dtype {tensor.dtype}, the model needs {want.dtype}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: {key} holds NaN or infinite values; these weights cannot classify")
 
 
 def check_model(state: object, where: str | Path) -> dict[str, Any]:
