@@ -245,7 +245,8 @@ def test_models_command_lists_computed_sizes() -> None:
     result = run_cli("models", "--json")
     assert result.returncode == 0
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert {"alexnet", "alexnet_narrow_bn", "alexnet_large_bn", "alexnet_224", "alexnet_tiny"} == set(rows)
+    assert set(rows) == {"alexnet", "alexnet_narrow_bn", "alexnet_large_bn", "alexnet_slim_bn", "alexnet_224",
+                         "alexnet_tiny"}
     assert rows["alexnet_224"]["mflops"] > rows["alexnet"]["mflops"] > 0
     assert rows["alexnet"]["params"] > 1e6
 
