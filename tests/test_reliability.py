@@ -133,9 +133,9 @@ def test_sigkill_then_resume_keeps_the_optimizer_and_averages_bit_identical(extr
     assert proc.returncode == 0, err
     state = torch.load(reference / "last.pt", weights_only=True)
     assert state["lookahead_model"] is not None
-    if "muon" in extra:  # Muon's momentum is a matrix per filter bank, SGD's is shaped as its parameter
+    if "muon" in extra:  # Muon's momentum buffers: the five filter banks and the two hidden linear weights
         muon_state = state["optimizer"]["optimizers"][1]["state"]
-        assert muon_state and all(s["momentum_buffer"].ndim == 2 for s in muon_state.values())
+        assert sorted(s["momentum_buffer"].ndim for s in muon_state.values()) == [2, 2, 4, 4, 4, 4]  # 1st frozen
         assert torch.equal(state["model"]["features.1.weight"], torch.ones(32))  # BatchNorm scale frozen at 1
     run = tmp_path / "run"
     proc = start(tiny_png, run, False, *extra)
