@@ -136,7 +136,8 @@ def _read_probe_cache() -> dict[str, dict[str, float]]:
     regular file) counts as empty and is replaced."""
     path = probe_cache_file()
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode) or os.stat(path).st_size > MAX_PROBE_CACHE:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PROBE_CACHE:
             return {}
         values = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -88,7 +88,10 @@ class Muon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # created once, not allocated again every step
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffer = state["momentum_buffer"]
                 buffer.lerp_(p.grad, 1 - group["momentum"])
                 update = p.grad.lerp(buffer, group["momentum"]).flatten(1)  # Nesterov
                 update = orthogonalize(update, self.dtype) * max(1.0, update.size(0) / update.size(1)) ** 0.5
@@ -133,7 +136,8 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "muon":
         output = model.classifier[-1].weight if hasattr(model, "classifier") else None
         matrices = [p for p in trainable if p.ndim > 1 and p is not output]
-        trainable = [p for p in trainable if not any(p is m for m in matrices)]
+        in_muon = {id(p) for p in matrices}
+        trainable = [p for p in trainable if id(p) not in in_muon]
     shifts = {id(bn.bias) for bn in batch_norms(model) if bn.bias is not None}
     scale, decay = config.norm_bias_lr_scale, config.weight_decay if config.decay_norm_bias else 0.0
     groups: dict[tuple[float, float], list[torch.Tensor]] = {(config.lr, config.weight_decay): []}
