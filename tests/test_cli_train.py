@@ -251,40 +251,70 @@ def test_models_command_lists_computed_sizes() -> None:
     assert rows["alexnet"]["params"] > 1e6
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--lr", "nan", "--data", "x"],
-    ["train", "--optimizer", "sgd", "--momentum", "0", "--data", "x"],
-    ["train", "--weight-decay", "-1", "--data", "x"],
-    ["train", "--checkpoint-every", "-2", "--data", "x"],
-    ["data", "download", "--url", "notaurl", "--data", "{tmp}/dl"],
-    ["predict", "{ckpt}", "{ckpt}", "--top-k", "0"],
-    ["evaluate", "{ckpt}", "--data", "{data}", "--batch-size", "0"],
-    ["evaluate", "{ckpt}", "--data", "{data}", "--tta-shift", "9"],
-    ["train", "--tta-shift", "-1", "--data", "x"],
-    ["train", "--model", "alexnet", "--whiten", "--data", "x"],
-    ["train", "--model", "alexnet_224", "--whiten", "--data", "x"],
-    ["train", "--recipe", "best", "--config", "{run}/config.json", "--data", "x"],
-    ["train", "--config", "{tmp}/missing.json", "--data", "x"],
-    ["train", "--crop-pad", "100000", "--data", "x"],
-    ["train", "--alternate-flip", "--no-flip", "--data", "x"],
-    ["train", "--norm-bias-lr-scale", "0", "--data", "x"],
-    ["train", "--norm-bias-lr-scale", "nan", "--data", "x"],
-    ["train", "--bn-momentum", "0", "--data", "x"],
-    ["predict", "{ckpt}", "{ckpt}", "--tta-shift", "40"],
-    ["benchmark", "--data", "{data}", "--val-size", "20", "--batch-size", "100000"],
-    ["export", "{ckpt}", "--format", "safetensors", "--out", "{tmp}"],
-    ["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}/m.onnx", "--check-images", "0"],
-    ["train", "--resume", "{run}/model.safetensors"],
+PRINT = "train --print-config"
+TINY_BENCH = "benchmark --data {data} --val-size 20 --model alexnet_tiny --repeats 1 --no-seed-style"
+
+
+# (the command with the value left open, a bad value, a good value or None, what the error line must say);
+# the good value shows that the case reaches the check it names: the same command with it succeeds
+@pytest.mark.parametrize(("command", "bad", "good", "says"), [
+    (PRINT + " --lr {v}", "nan", "0.1", "--lr must lie in (0, 100], got nan"),
+    (PRINT + " --lr {v}", "1e999", "100", "--lr must lie in (0, 100], got inf"),
+    (PRINT + " --optimizer sgd --momentum {v}", "0", "0.9", "--momentum must be positive"),
+    (PRINT + " --weight-decay {v}", "-1", "0", "--weight-decay must lie in [0, 1], got -1.0"),
+    (PRINT + " --checkpoint-every {v}", "-2", "0", "--checkpoint-every must lie in"),
+    (PRINT + " --epochs {v}", "0", "1", "--epochs must lie in [1, 10000], got 0"),
+    (PRINT + " --batch-size {v}", "1000000", "65536", "--batch-size must lie in [1, 65536]"),
+    (PRINT + " --seed {v}", "-1", "4294967295", "--seed must lie in [0, 4294967295], got -1"),
+    (PRINT + " --split-seed {v}", "9" * 400, "7", "--split-seed must lie in [0, 4294967295], got a number of "
+                                                   "about 400 digits"),
+    (PRINT + " --threads {v}", "100000", "1024", "--threads must lie in [0, 1024]"),
+    (PRINT + " --muon-momentum {v}", "1", "0.95", "--muon-momentum must lie in (0, 1)"),
+    (PRINT + " --dropout {v}", "1", "0.5", "--dropout must lie in [0, 1)"),
+    (PRINT + " --warmup-epochs {v}", "inf", "2", "--warmup-epochs must lie in"),
+    (PRINT + " --tta-shift {v}", "-1", "8", "--tta-shift must lie in [0, 8], got -1"),
+    (PRINT + " --crop-pad {v}", "100000", "32", "--crop-pad must lie in [0, 32]"),
+    (PRINT + " --norm-bias-lr-scale {v}", "0", "64", "--norm-bias-lr-scale must lie in (0, 1000]"),
+    (PRINT + " --norm-bias-lr-scale {v}", "nan", "1", "--norm-bias-lr-scale must lie in (0, 1000], got nan"),
+    (PRINT + " --bn-momentum {v}", "0", "0.4", "--bn-momentum must lie in (0, 1], got 0.0"),
+    (PRINT + " {v}", "--alternate-flip --no-flip", "--alternate-flip", "--alternate-flip needs --flip"),
+    (PRINT + " --whiten --model {v}", "alexnet", "alexnet_slim_bn", "--whiten needs an even number"),
+    (PRINT + " --whiten --model {v}", "alexnet_224", "alexnet_slim_bn", "--whiten needs"),
+    ("train --print-config --config {run}/config.json {v}", "--recipe best", "--lr 0.01",
+     "--config gives the starting settings; it does not go with --recipe"),
+    ("train --print-config --config {v}", "{tmp}/missing.json", "{run}/config.json", "cannot read config"),
+    ("train --resume {v}", "{run}/model.safetensors", None, "--resume needs a run's last.pt"),
+    ("data download --data {tmp}/dl --url {v}", "notaurl", None, "only http:// and https:// URLs are fetched"),
+    ("predict {ckpt} {png} --top-k {v}", "0", "10", "--top-k must lie in [1, 10], got 0"),
+    ("predict {ckpt} {png} --tta-shift {v}", "40", "2", "--tta-shift must lie in [0, 8], got 40"),
+    ("evaluate {ckpt} --data {data} --val-size {v}", "-3", "20", "--val-size must lie in [0, 1000000], got -3"),
+    ("evaluate {ckpt} --data {data} --val-size 20 --batch-size {v}", "0", "8",
+     "--batch-size must lie in [1, 65536], got 0"),
+    ("evaluate {ckpt} --data {data} --val-size 20 --tta-shift {v}", "9", "1", "--tta-shift must lie in [0, 8], got 9"),
+    (TINY_BENCH + " --steps 1 --batch-size {v}", "100000", "8", "--batch-size must lie in [1, 65536]"),
+    (TINY_BENCH + " --steps 1 --batch-size {v}", "1000", "8", "--batch-size 1000 is larger than the"),
+    (TINY_BENCH + " --batch-size 8 --steps 1 --threads {v}", "-1", "1", "--threads must lie in [0, 1024], got -1"),
+    (TINY_BENCH + " --batch-size 8 --steps {v}", "0", "1", "--steps must lie in [1, 10000], got 0"),
+    ("export {ckpt} --format safetensors --out {v}", "{tmp}", "{tmp}/m.safetensors", "is a folder; give a file"),
+    ("export {ckpt} --format onnx --out {tmp}/m.onnx --check-images {v}", "0", "8", "--check-images must lie in"),
 ])
-def test_bad_values_are_one_line_errors(argv: list[str], trained_run: Path, tiny_png: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_values_are_one_line_errors(command: str, bad: str, good: str | None, says: str, trained_run: Path,
+                                        tiny_png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from alexnet_cifar10.cli import main
 
+    png = next(tiny_png.rglob("*.png"))
     values = {"tmp": str(tmp_path), "ckpt": str(trained_run / "best.pt"), "data": str(tiny_png),
-              "run": str(trained_run)}
-    code = main([a.format(**values) for a in argv])
+              "run": str(trained_run), "png": str(png)}
+
+    def argv(value: str) -> list[str]:
+        return [a.format(**values) for a in command.replace("{v}", value).split()]
+
+    code = main(argv(bad))
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and err[0].startswith("alexnet-cifar10: error:"), err
+    assert says in err[0], err[0]
+    if good is not None:
+        assert main(argv(good)) == 0, capsys.readouterr().err
 
 
 def test_an_interrupted_default_download_is_resumed(tmp_path: Path) -> None:

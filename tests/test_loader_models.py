@@ -274,7 +274,7 @@ def test_norm_bias_lr_scale_speeds_up_the_batchnorm_shifts_only() -> None:
                 assert lr == pytest.approx(6.4) and lr * wd == pytest.approx(0.1 * 5e-4 if decay else 0.0), name
             else:
                 assert (lr, wd) == (0.1, 5e-4 if decay or p.ndim > 1 else 0.0), name
-    with pytest.raises(ConfigError, match="--norm-bias-lr-scale must be a positive number"):
+    with pytest.raises(ConfigError, match=r"--norm-bias-lr-scale must lie in \(0, 1000\]"):
         make_config("best", norm_bias_lr_scale=0.0)
 
 

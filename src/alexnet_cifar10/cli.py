@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_cifar10.arguments import PROG, build_parser
-from alexnet_cifar10.config import Config, config_from_file, make_config
+from alexnet_cifar10.config import Bounds, Config, bounds_of, check_bounds, config_from_file, make_config
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.io import atomic_write_text, foreign_files
 
@@ -42,9 +42,15 @@ def load_data(args: argparse.Namespace, progress: bool = False):  # noqa: ANN201
                         url=args.url, progress=progress)
 
 
-def at_least(value: int, minimum: int, name: str) -> None:
-    if value < minimum:
-        raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
+# the numeric flags that are not training settings, and the values they may take (the others take their setting's)
+FLAG_BOUNDS = {"top_k": Bounds(1, 10), "steps": Bounds(1, 10_000),
+               "repeats": Bounds(1, 100), "check_images": Bounds(1, 60_000)}
+
+
+def check_flags(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) is not None:  # None: not given, the checkpoint's own value applies
+            check_bounds(name, getattr(args, name), FLAG_BOUNDS.get(name) or bounds_of(name))
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
@@ -177,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet_cifar10 import reporting
     from alexnet_cifar10.evaluation import evaluate
 
-    at_least(args.batch_size, 1, "batch-size")
+    check_flags(args, "batch_size", "tta_shift", "val_size", "split_seed")
     if args.out:
         claim_evaluation_dir(Path(args.out))  # fail on a bad --out before the work
     model, state, device = _load_for_eval(args)
@@ -204,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from alexnet_cifar10.evaluation import predict
 
-    at_least(args.top_k, 1, "top-k")
+    check_flags(args, "top_k", "tta_shift")
     model, state, device = _load_for_eval(args)
     tta, shift = tta_of(args, state)
     results = predict(model, args.inputs, top_k=args.top_k, device=device, tta=tta, tta_shift=shift)
@@ -232,9 +238,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.device import precision_choice, select_device, set_threads
     from alexnet_cifar10.models import create_model
 
-    for name in ("steps", "repeats", "batch_size"):
-        at_least(getattr(args, name), 1, name.replace("_", "-"))
-    at_least(args.threads, 0, "threads")
+    check_flags(args, "steps", "repeats", "batch_size", "threads", "val_size", "split_seed")
     if args.json and not Path(args.json).parent.is_dir():
         raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     create_model(args.model)  # an unknown name fails here, before the data loads
@@ -257,7 +261,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from alexnet_cifar10.export import check_onnx, export
 
-    at_least(args.check_images, 1, "check-images")
+    check_flags(args, "check_images")
     model = export(weights_of(args), args.format, args.out)
     print(f"wrote {args.out} ({args.format})")
     if args.format == "onnx" and args.check_data:

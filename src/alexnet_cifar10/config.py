@@ -21,68 +21,116 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 EXPORT_FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
 
 
-def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
-    """A Config field: its default, the help of its flag and, for a string, the values it may take."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take: an interval, closed unless a side is marked open."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        def number(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        return f"{'(' if self.low_open else '['}{number(self.low)}, {number(self.high)}{')' if self.high_open else ']'}"
+
+
+TTA_SHIFT_BOUNDS = Bounds(0, 8)  # pixels
+SEED_BOUNDS = Bounds(0, 2**32 - 1)  # numpy's seed range; torch's generators take it with room for the per-step mix
+
+
+def shown(value: Any) -> str:
+    """A value as a message may quote it: a number of any size in a few characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {'-' if value < 0 else ''}number of about {int(value.bit_length() * math.log10(2))} digits"
+    return repr(value)[:40]
+
+
+def check_bounds(name: str, value: float, bounds: Bounds) -> None:
+    """One line naming the flag when ``value`` lies outside ``bounds`` (or is not finite)."""
+    if not bounds.holds(value):
+        raise ConfigError(f"--{flag(name)} must lie in {bounds}, got {shown(value)}")
+
+
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None,  # noqa: A002
+            bounds: Bounds | None = None) -> Any:
+    """A Config field: its default, the help of its flag, and the values it may take (``choices`` for a
+    string, ``bounds`` for a number)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
 
 
 @dataclass
 class Config:
     # data
     data: str = setting(DEFAULT_DATA, "CIFAR-10 folder or archive; downloaded into ./data when absent")
-    val_size: int = setting(5000, "validation images carved from the training split (0 for none)")
-    split_seed: int = setting(0, "seed of the validation split (kept apart from --seed)")
+    val_size: int = setting(5000, "validation images carved from the training split (0 for none)",
+                            bounds=Bounds(0, 1_000_000))
+    split_seed: int = setting(0, "seed of the validation split (kept apart from --seed)", bounds=SEED_BOUNDS)
     # model
     model: str = setting("alexnet_narrow_bn", "model variant (see `alexnet-cifar10 models`)")
-    dropout: float = setting(0.25, "dropout in the classifier")
+    dropout: float = setting(0.25, "dropout in the classifier", bounds=Bounds(0, 1, high_open=True))
     whiten: bool = setting(False, "first convolution fixed to a whitening of the training patches (airbench)")
     dirac_init: bool = setting(False, "start each convolution's first in-channels filters as the identity (airbench's "
                           "dirac initialisation)")
     # optimisation
-    epochs: int = setting(20, "training epochs")
-    batch_size: int = setting(128, "global batch size")
+    epochs: int = setting(20, "training epochs", bounds=Bounds(1, 10_000))
+    batch_size: int = setting(128, "global batch size", bounds=Bounds(1, 65_536))
     optimizer: str = setting("adam", "optimizer; muon: Muon on the convolution filters and hidden fully-connected "
                              "weights, Nesterov SGD (--lr, --momentum) on the rest", ("adam", "adamw", "sgd", "muon"))
-    lr: float = setting(1e-3, "peak learning rate")
-    weight_decay: float = setting(0.0, "weight decay (decoupled for adamw)")
-    momentum: float = setting(0.9, "SGD momentum (nesterov)")
-    muon_lr: float = setting(0.05, "--optimizer muon: Muon's learning rate (peak, under the same schedule)")
-    muon_momentum: float = setting(0.95, "--optimizer muon: Muon's momentum (nesterov)")
-    muon_weight_decay: float = setting(0.0, "--optimizer muon: Muon's decoupled weight decay")
+    lr: float = setting(1e-3, "peak learning rate", bounds=Bounds(0, 100, low_open=True))
+    weight_decay: float = setting(0.0, "weight decay (decoupled for adamw)", bounds=Bounds(0, 1))
+    momentum: float = setting(0.9, "SGD momentum (nesterov)", bounds=Bounds(0, 1, high_open=True))
+    muon_lr: float = setting(0.05, "--optimizer muon: Muon's learning rate (peak, under the same schedule)",
+                             bounds=Bounds(0, 100, low_open=True))
+    muon_momentum: float = setting(0.95, "--optimizer muon: Muon's momentum (nesterov)",
+                                   bounds=Bounds(0, 1, low_open=True, high_open=True))
+    muon_weight_decay: float = setting(0.0, "--optimizer muon: Muon's decoupled weight decay",
+                                       bounds=Bounds(0, 1, high_open=True))
     schedule: str = setting("constant", "learning-rate schedule", ("constant", "onecycle", "cosine", "linear"))
-    warmup_epochs: float = setting(0.0, "linear warm-up epochs (cosine/linear schedules)")
-    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
-    ema: float = setting(0.0, "decay of an exponential moving average of the weights (0: off)")
+    warmup_epochs: float = setting(0.0, "linear warm-up epochs (cosine/linear schedules)", bounds=Bounds(0, 10_000))
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", bounds=Bounds(0, 1, high_open=True))
+    ema: float = setting(0.0, "decay of an exponential moving average of the weights (0: off)",
+                         bounds=Bounds(0, 1, high_open=True))
     lookahead: bool = setting(False, "every 5 steps pull the weights back to their running average, harder as the "
                          "run goes on, and end on the average (airbench's lookahead)")
     norm_bias_lr_scale: float = setting(1.0, "learning-rate multiplier for the BatchNorm shifts, at the same weight "
-                                   "decay per step (airbench uses 64)")
+                                   "decay per step (airbench uses 64)", bounds=Bounds(0, 1000, low_open=True))
     bn_momentum: float = setting(0.1, "BatchNorm running-statistics momentum (PyTorch's convention; airbench uses 0.4 "
-                            "with --lookahead)")
+                            "with --lookahead)", bounds=Bounds(0, 1, low_open=True))
     freeze_bn_scale: bool = setting(False, "BatchNorm scales fixed at 1, only their shifts train (airbench)")
     decay_norm_bias: bool = setting(True, "weight decay also on BatchNorm parameters and biases (--no-decay-norm-bias: "
                                "on convolution and linear weights only)")
     # augmentation and evaluation
-    crop_pad: int = setting(4, "random-crop padding in pixels (0: no crop)")
+    crop_pad: int = setting(4, "random-crop padding in pixels (0: no crop)", bounds=Bounds(0, 32))
     flip: bool = setting(True, "random horizontal flips")
     alternate_flip: bool = setting(False, "flip each image in every other epoch, from a random start, instead of at "
                               "random (airbench)")
-    cutout: int = setting(0, "cutout square size in pixels (0: off)")
+    cutout: int = setting(0, "cutout square size in pixels (0: off)", bounds=Bounds(0, 32))
     tta: bool = setting(False, "final evaluation on the image and its mirror, averaging the logits "
                               "(per-epoch validation stays plain)")
     tta_shift: int = setting(0, "also average the final evaluation over the image moved N pixels up-left and "
-                        "down-right, reflect-padded (airbench's multi-crop TTA; 0: off)")
+                        "down-right, reflect-padded (airbench's multi-crop TTA; 0: off)", bounds=TTA_SHIFT_BOUNDS)
     # run
-    seed: int = setting(0, "seed of weights, data order, augmentation and dropout")
+    seed: int = setting(0, "seed of weights, data order, augmentation and dropout", bounds=SEED_BOUNDS)
     device: str = setting("auto", "training device", DEVICES)
-    precision: str = setting("auto", "arithmetic precision; auto: bf16 where the hardware computes it natively (a CUDA "
-                        "GPU with bf16, a CPU with AVX-512-BF16 or AMX), else fp32", PRECISIONS)
+    precision: str = setting("auto", "arithmetic precision; auto: bf16 on a CUDA GPU with bf16, fp32 on a CPU without "
+                             "bf16 instructions, else whichever of the two a short timing finds faster", PRECISIONS)
     channels_last: bool = setting(True, "channels_last memory format")
     compile: bool = setting(False, "torch.compile the model")
-    threads: int = setting(0, "CPU threads (0: one per core)")
+    threads: int = setting(0, "CPU threads (0: one per core)", bounds=Bounds(0, 1024))
     deterministic: bool = setting(False, "CUDA: deterministic kernels, cudnn.benchmark off (CPU runs are "
                              "bit-reproducible for a fixed --threads)")
-    checkpoint_every: int = setting(0, "also checkpoint every N steps inside an epoch (0: per epoch)")
+    checkpoint_every: int = setting(0, "also checkpoint every N steps inside an epoch (0: per epoch)",
+                                    bounds=Bounds(0, 1_000_000_000))
     tensorboard: bool = setting(False, "also write TensorBoard event files (needs `tensorboard`)")
     progress: bool = setting(True, "show tqdm progress bars")
     out: str = setting("", "run folder (default runs/<name>)")
@@ -94,30 +142,11 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"--{flag(f.name)} must be one of {', '.join(choices)}")
-        positive = ("epochs", "batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{flag(name)} must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.norm_bias_lr_scale > 0 and math.isfinite(self.norm_bias_lr_scale)):
-            raise ConfigError(f"--norm-bias-lr-scale must be a positive number, got {self.norm_bias_lr_scale}")
-        if not 0 < self.bn_momentum <= 1:
-            raise ConfigError(f"--bn-momentum must lie in (0, 1], got {self.bn_momentum}")
-        if not (self.weight_decay >= 0 and self.momentum >= 0 and self.warmup_epochs >= 0
-                and self.checkpoint_every >= 0):
-            raise ConfigError("--weight-decay, --momentum, --warmup-epochs and --checkpoint-every must be 0 or more")
+            bounds = f.metadata.get("bounds")
+            if bounds is not None:
+                check_bounds(f.name, getattr(self, f.name), bounds)
         if self.optimizer in ("sgd", "muon") and self.momentum <= 0:
             raise ConfigError(f"--optimizer {self.optimizer} uses Nesterov momentum: --momentum must be positive")
-        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr) and 0 < self.muon_momentum < 1
-                and 0 <= self.muon_weight_decay < 1):
-            raise ConfigError("--muon-lr must be a positive number, --muon-momentum lie in (0, 1) and "
-                              "--muon-weight-decay in [0, 1)")
-        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.ema < 1:
-            raise ConfigError("--dropout, --label-smoothing and --ema must lie in [0, 1)")
-        if not (0 <= self.crop_pad <= 32 and 0 <= self.cutout <= 32 and self.threads >= 0):
-            raise ConfigError("--crop-pad and --cutout must lie between 0 and 32 pixels, --threads must be 0 or more")
-        check_tta_shift(self.tta_shift)
         if self.alternate_flip and not self.flip:
             raise ConfigError("--alternate-flip needs --flip")
         if self.whiten:
@@ -134,18 +163,23 @@ class Config:
         types = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(values) - set(types))
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config field(s): {', '.join(shown(k) for k in unknown[:5])}"
+                              f"{' and more' if len(unknown) > 5 else ''}")
         accepted = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
         for name, value in values.items():
             ok = accepted[str(types[name])]
             if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
-                raise ConfigError(f"config field {name} must be {types[name]}, got {value!r}")
+                raise ConfigError(f"config field {name} must be {types[name]}, got {shown(value)}")
         return cls(**values)
 
 
+def bounds_of(name: str) -> Bounds:
+    """The bounds of a numeric setting, for the flags of other commands that take the same value."""
+    return next(f.metadata["bounds"] for f in fields(Config) if f.name == name)
+
+
 def check_tta_shift(shift: int) -> None:
-    if not 0 <= shift <= 8:
-        raise ConfigError(f"--tta-shift must lie between 0 and 8 pixels, got {shift}")
+    check_bounds("tta_shift", shift, TTA_SHIFT_BOUNDS)
 
 
 def flag(name: str) -> str:
