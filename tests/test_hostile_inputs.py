@@ -91,9 +91,6 @@ def _listing(folder: Path) -> dict[str, int]:
     return {p.name: p.lstat().st_mtime_ns for p in folder.iterdir()}
 
 
-REAL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet-cifar10"
-
-
 @pytest.fixture
 def case(tmp_path: Path) -> Case:
     for name in ("cwd", "home", "xdg", "cache", "tmp"):
@@ -101,21 +98,21 @@ def case(tmp_path: Path) -> Case:
     return Case(tmp_path)
 
 
-def run(case: Case, *args: str) -> subprocess.CompletedProcess[str]:
-    """``alexnet-cifar10 ARGS`` in a subprocess under the time and memory limits; nothing may change outside
-    the case's folder."""
-    outside = {folder: _listing(folder) for folder in (case.root.parent, REAL_CACHE)}
+def run(case: Case, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``alexnet-cifar10 ARGS`` in a subprocess under the time and memory limits, with the case's environment
+    and ``env`` on top; nothing may change beside the case's folder (the other tests' folders of this worker).
+    HOME and the cache variables point inside the case, so the user's own cache is not watched: other
+    programs may write it at any time."""
+    before = _listing(case.root.parent)
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-c", _LAUNCH.format(limit=MEMORY_BYTES), *args], cwd=case.cwd,
-                            env=case.env(), capture_output=True, text=True, errors="backslashreplace",
-                            timeout=LIMIT_S)
+                            env={**case.env(), **(env or {})}, capture_output=True, text=True,
+                            errors="backslashreplace", timeout=LIMIT_S)
     assert time.monotonic() - start < LIMIT_S
-    for folder, before in outside.items():
-        after = _listing(folder)
-        if folder == case.root.parent:
-            before.pop(case.root.name, None)
-            after.pop(case.root.name, None)
-        assert after == before, f"{folder} changed"
+    after = _listing(case.root.parent)
+    before.pop(case.root.name, None)
+    after.pop(case.root.name, None)
+    assert after == before, f"{case.root.parent} changed"
     return result
 
 
@@ -390,3 +387,34 @@ def test_odd_names_links_and_a_deep_tree_are_tolerated(case: Case, pixels: Pixel
         assert split_counts(result.stdout) == {"train": "60", "val": "none", "test": "none"}
     finally:
         remove_deep_tree(root, 1200)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"WORLD_SIZE": ""}, "WORLD_SIZE='' must be a number in [1, 65536]"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two'"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, "RANK='2' must be a number in [0, 1]"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1'"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "ALEXNET_CIFAR10_DIST_TIMEOUT": "nan"},
+     "ALEXNET_CIFAR10_DIST_TIMEOUT='nan' must be a number in (0, 86400]"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "ALEXNET_CIFAR10_DIST_TIMEOUT": "1e999"}, "ALEXNET_CIFAR10_DIST_TIMEOUT="),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "70000"},
+     "MASTER_PORT='70000' must be a number in [1, 65535]"),
+])
+def test_torchrun_variables_out_of_range(case: Case, pixels: Pixels, env: dict[str, str], needle: str) -> None:
+    data = write_python(case.root / "data", {"train": pixels["train"]})
+    refused(run(case, "train", "--data", str(data), "--epochs", "1", "--out", str(case.root / "run"), env=env),
+            needle)
+    assert not (case.root / "run").exists()
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (("--seed", str(2**70)), "--seed must lie in [0, 4294967295], got a number of about 21 digits"),
+    (("--threads", "99999999"), "--threads must lie in [0, 1024]"),
+    (("--epochs", "1000000000"), "--epochs must lie in [1, 10000]"),
+    (("--lr=-inf",), "--lr must lie in (0, 100], got -inf"),
+    (("--batch-size", "2000000000"), "--batch-size must lie in [1, 65536]"),
+])
+def test_numeric_flags_out_of_range(case: Case, pixels: Pixels, flags: tuple[str, ...], needle: str) -> None:
+    data = write_python(case.root / "data", {"train": pixels["train"]})
+    refused(run(case, "train", "--data", str(data), "--out", str(case.root / "run"), *flags), needle)
+    assert not (case.root / "run").exists()

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from alexnet_cifar10.config import Bounds, shown
 from alexnet_cifar10.errors import ConfigError, TrainingError, first_line
 from alexnet_cifar10.models import batch_norms
 
@@ -34,21 +35,38 @@ class Dist:
         return self.rank == 0
 
 
+MAX_WORLD = 65_536
+TIMEOUT_BOUNDS = Bounds(0, 86_400, low_open=True)  # seconds a rank waits for the others
+
+
+def environment_number(name: str, default: str, bounds: Bounds, kind: type = int) -> float:
+    """A number from the environment, within ``bounds``, or one line naming the variable."""
+    text = os.environ.get(name, default).strip()
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not bounds.holds(value):
+        raise ConfigError(f"environment variable {name}={shown(text)} must be a number in {bounds}"
+                          + ("; launch with torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK"
+                             if name in ("RANK", "WORLD_SIZE", "LOCAL_RANK") else ""))
+    return value
+
+
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return environment_number("WORLD_SIZE", "1", Bounds(1, MAX_WORLD)) > 1
 
 
 def setup(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group that torchrun describes in the environment (no-op otherwise)."""
     if not launched_by_torchrun():
         return Dist(), device
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        seconds = float(os.environ.get("ALEXNET_CIFAR10_DIST_TIMEOUT", "120"))
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"bad torchrun environment ({e}); launch with torchrun, which sets RANK, WORLD_SIZE "
-                          "and LOCAL_RANK") from None
+    world = int(environment_number("WORLD_SIZE", "1", Bounds(1, MAX_WORLD)))
+    rank = int(environment_number("RANK", "", Bounds(0, world - 1)))
+    local_rank = int(environment_number("LOCAL_RANK", "0", Bounds(0, world - 1)))
+    seconds = environment_number("ALEXNET_CIFAR10_DIST_TIMEOUT", "120", TIMEOUT_BOUNDS, float)
+    if "MASTER_PORT" in os.environ:  # read by torch's rendezvous, which would end in a traceback
+        environment_number("MASTER_PORT", "", Bounds(1, 65_535))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible")
