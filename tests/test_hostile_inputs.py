@@ -418,3 +418,45 @@ def test_numeric_flags_out_of_range(case: Case, pixels: Pixels, flags: tuple[str
     data = write_python(case.root / "data", {"train": pixels["train"]})
     refused(run(case, "train", "--data", str(data), "--out", str(case.root / "run"), *flags), needle)
     assert not (case.root / "run").exists()
+
+
+def _config_file(path: Path, kind: str) -> Path:
+    """A file where a config.json is read, of the hostile ``kind``."""
+    contents = {"unknown-key": '{"epoch": 5}', "deep": "[" * 100_000, "huge-int": '{"seed": ' + "9" * 5000 + "}",
+                "inf": '{"lr": 1e999}', "wrong-type": '{"lr": "fast"}', "yaml": "lr: 0.1\nepochs: 5\n",
+                "list": "[1, 2]", "long-key": '{"' + "k" * 10_000 + '": 1}', "nested-value": '{"epochs": [[5]]}'}
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "huge":
+        with path.open("wb") as f:
+            f.truncate(8 << 30)  # sparse: 8 GiB that take no disk
+    else:
+        path.write_text(contents[kind])
+    return path
+
+
+CONFIG_CASES = [("fifo", "not a regular file"), ("folder", "not a regular file but a folder"),
+                ("huge", "8 GiB is larger than the 1 MiB a config file may be"),
+                ("unknown-key", "unknown setting 'epoch'; did you mean epochs?"),
+                ("deep", "JSON nested 100000 levels deep, more than the 32 allowed"),
+                ("huge-int", "JSON expected (Exceeds the limit (4300 digits)"), ("inf", "--lr must lie in (0, 100]"),
+                ("wrong-type", "config field lr must be float, got 'fast'"), ("yaml", "JSON expected"),
+                ("list", "holds a JSON list, not an object of settings"), ("long-key", "unknown setting 'kkkk"),
+                ("nested-value", "config field epochs must be int, got [[5]]")]
+
+
+@pytest.mark.parametrize(("kind", "needle"), CONFIG_CASES)
+def test_hostile_config_files(case: Case, kind: str, needle: str) -> None:
+    config = _config_file(case.root / "config.json", kind)
+    refused(run(case, "train", "--config", str(config), "--print-config"), needle)
+
+
+@pytest.mark.parametrize(("kind", "needle"), CONFIG_CASES[:5])
+def test_hostile_config_of_a_resumed_run(case: Case, kind: str, needle: str) -> None:
+    run_dir = case.root / "run"
+    run_dir.mkdir()
+    _config_file(run_dir / "config.json", kind)
+    (run_dir / "last.pt").write_bytes(b"not reached")
+    refused(run(case, "train", "--resume", str(run_dir)), needle)

@@ -7,13 +7,14 @@ help text lives next to the field. A recipe is a dict of field values applied be
 from __future__ import annotations
 
 import dataclasses
-import json
+import difflib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from alexnet_cifar10.errors import ConfigError
+from alexnet_cifar10.io import read_json
 
 DEFAULT_DATA = "data"  # the folder a plain `train` reads, and downloads into when it is absent
 DEVICES = ("auto", "cpu", "cuda")
@@ -217,6 +218,12 @@ def make_config(recipe: str = "seed", **overrides: Any) -> Config:
     return Config.from_dict(values).validate()
 
 
+# what a run's config.json records beside its settings: where and how the run was made, what it costs
+PROVENANCE = ("version", "git_commit", "torch", "device_name", "world_size", "precision_choice")
+RUN_RECORD = (*PROVENANCE, "resumes", "training_pflop")
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is ~2 KB, and each resume adds ~300 bytes
+
+
 def config_from_file(path: Path, **overrides: Any) -> Config:
     """The settings of a run's config.json (or any JSON of Config fields), then ``overrides``: a new run that
     repeats that one. The file's run folder and name stay behind, so the new run gets its own."""
@@ -225,11 +232,15 @@ def config_from_file(path: Path, **overrides: Any) -> Config:
 
 
 def load_config(path: Path) -> Config:
-    try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from None
+    """The Config in a JSON file: a run's config.json (whose record of where the run was made is skipped) or a
+    file of settings a user wrote. A key that is neither is an error naming the nearest setting."""
+    values = read_json(Path(path), MAX_CONFIG_BYTES, ConfigError, "a config file may be")
     if not isinstance(values, dict):
-        raise ConfigError(f"cannot read config {path}: it holds a JSON {type(values).__name__}, not an object")
-    values = {k: v for k, v in values.items() if k in {f.name for f in fields(Config)}}
-    return Config.from_dict(values).validate()
+        raise ConfigError(f"config {path} holds a JSON {type(values).__name__}, not an object of settings")
+    names = [f.name for f in fields(Config)]
+    for key in values:
+        if key not in names and key not in RUN_RECORD:
+            near = difflib.get_close_matches(key, names, n=1)
+            raise ConfigError(f"config {path}: unknown setting {shown(key)}"
+                              + (f"; did you mean {near[0]}?" if near else ""))
+    return Config.from_dict({k: v for k, v in values.items() if k in names}).validate()

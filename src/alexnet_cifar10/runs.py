@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from alexnet_cifar10 import __version__
-from alexnet_cifar10.config import Config, flag, load_config
+from alexnet_cifar10.config import MAX_CONFIG_BYTES, PROVENANCE, Config, flag, load_config
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
-from alexnet_cifar10.io import atomic_write_text, foreign_files
+from alexnet_cifar10.io import atomic_write_text, foreign_files, read_json
 
 try:
     import fcntl
@@ -28,7 +28,6 @@ RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "curves.png",
              "report.html", "final.json", "model.safetensors")
 LOCK_FILE = ".lock"  # held (flock) by the process training into the folder; the kernel frees it when that ends
 RESUME_OVERRIDES = ("epochs", "device", "progress", "threads", "checkpoint_every", "data", "deterministic")
-PROVENANCE = ("version", "git_commit", "torch", "device_name", "world_size", "precision_choice")
 
 
 def run_dir_of(config: Config) -> Path:
@@ -142,8 +141,10 @@ def provenance(run_dir: Path, resumed_at: dict[str, int] | None, device: torch.d
     if resumed_at is None:
         return now
     try:
-        before = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):  # resume() has read it already; a file gone since keeps only this start
+        before = read_json(run_dir / "config.json", MAX_CONFIG_BYTES, ConfigError, "a config file may be")
+    except ConfigError:  # resume() has read it already; a file gone since keeps only this start
+        before = {}
+    if not isinstance(before, dict):
         before = {}
     started = {k: before.get(k, now[k]) for k in PROVENANCE}
     earlier = before.get("resumes")

@@ -132,12 +132,12 @@ def resume(run_dir: str | Path, *, dataset: Cifar10 | None = None, cache_dir: st
     config; ``overrides`` may change only ``runs.RESUME_OVERRIDES`` (e.g. ``epochs=30``)."""
     run_dir = Path(run_dir)
     checkpoint_file = run_dir / "last.pt" if run_dir.is_dir() else run_dir
+    config = resumed_config(run_dir, overrides).validate()  # the small file first
     saved = load_checkpoint(checkpoint_file)
     missing = [k for k in TRAINING_STATE if k not in saved]
     if missing:
         raise CheckpointError(f"{checkpoint_file}: holds weights but no training state ({', '.join(missing)}); "
                               "--resume needs a run's last.pt")
-    config = resumed_config(run_dir, overrides).validate()
     check_resume_model(config, saved, checkpoint_file)
     return _start(config, saved, dataset, cache_dir)
 

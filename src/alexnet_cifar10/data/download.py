@@ -22,8 +22,9 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from alexnet_cifar10.data.sources import ARCHIVE_SUFFIXES, size_text
+from alexnet_cifar10.data.sources import ARCHIVE_SUFFIXES
 from alexnet_cifar10.errors import DownloadError
+from alexnet_cifar10.io import size_text
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"

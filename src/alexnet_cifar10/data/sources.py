@@ -14,7 +14,6 @@ import lzma
 import os
 import posixpath
 import re
-import stat
 import tarfile
 import threading
 import zlib
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from alexnet_cifar10.errors import DataError
+from alexnet_cifar10.io import read_regular, size_text
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -35,15 +35,6 @@ MAX_FILE_BYTES = 64 << 20  # one file or archive member: twice CIFAR-10's larges
 MAX_TOTAL_BYTES = 1 << 30  # all that is read from one source (for an archive, its decompressed stream): 6x CIFAR-10
 MAX_FILES = 200_000  # files (and folders) in one source: over three times CIFAR-10's 60,000 images
 MAX_DEPTH = 16  # folder levels walked below a data folder; the layouts lie at most 3 levels down
-
-
-def size_text(n: int) -> str:
-    """A byte count as a user reads it: 64 MiB, 1 GiB, 650.4 MiB."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            value = n / (1 << shift)
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def is_archive(path: Path) -> bool:
@@ -124,25 +115,8 @@ def _too_large(where: str, size: int) -> DataError:
 
 
 def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path``, at most ``limit`` of them, read only when it is a regular file: a FIFO, a device or
-    a socket is refused without being read (and without blocking on it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise DataError(f"{path}: not a regular file")
-        if st.st_size > limit:
-            raise _too_large(str(path), st.st_size)
-        try:
-            data = f.read(st.st_size + 1)  # one byte more tells a file that grew while it was read
-        except OSError as e:
-            raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(data) > st.st_size:
-        raise DataError(f"{path}: the file changed while it was read")
-    return data
+    """The bytes of ``path``, at most ``limit`` of them, read only when it is a regular file."""
+    return read_regular(path, limit, DataError, "a data file may be (CIFAR-10's largest is 31 MB)")
 
 
 def directory_source(root: Path) -> Source:
