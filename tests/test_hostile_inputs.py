@@ -460,3 +460,37 @@ def test_hostile_config_of_a_resumed_run(case: Case, kind: str, needle: str) -> 
     _config_file(run_dir / "config.json", kind)
     (run_dir / "last.pt").write_bytes(b"not reached")
     refused(run(case, "train", "--resume", str(run_dir)), needle)
+
+
+class _Reduces:
+    """Pickles as a call of ``function`` with ``args``: how a crafted stream asks numpy for an array."""
+
+    def __init__(self, function: object, *args: object) -> None:
+        self.call = (function, args)
+
+    def __reduce__(self):  # noqa: ANN204
+        return self.call
+
+
+def _reconstruct() -> object:
+    try:
+        from numpy._core.multiarray import _reconstruct as reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct as reconstruct
+    return reconstruct
+
+
+@pytest.mark.parametrize(("array", "needle"), [
+    (lambda: _Reduces(_reconstruct(), np.ndarray, (100_000, 100_000), b"b"),
+     "asks for an array of 9.3 GiB in a stream of"),
+    (lambda: _Reduces(_reconstruct(), np.ndarray, (1,), _Reduces(np.dtype, "V2000000000")), "refused"),
+    (lambda: _Reduces(_reconstruct(), np.ndarray, (3, 3072), _Reduces(np.dtype, "O")), "an array of object"),
+])
+def test_a_pickled_batch_that_asks_for_more_memory_than_it_holds(case: Case, pixels: Pixels, array,  # noqa: ANN001
+                                                                 needle: str) -> None:
+    import pickle
+
+    data = write_python(case.root / "data", {"train": pixels["train"]})
+    batch = {b"batch_label": b"x", b"labels": [0, 1, 2], b"data": array()}
+    (data / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    refused(data_info(case, data), "data_batch_1", needle)

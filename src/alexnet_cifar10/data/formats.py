@@ -12,6 +12,7 @@ Supported layouts, found automatically:
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import pickletools
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from alexnet_cifar10.data.images import IMAGE_SUFFIXES, decode_image
 from alexnet_cifar10.data.sources import Source
 from alexnet_cifar10.errors import DataError
+from alexnet_cifar10.io import size_text
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -80,8 +82,14 @@ def detect_layout(source: Source) -> Layout:
 
 
 # --------------------------------------------------------------------------- python format
+class Refused(pickle.UnpicklingError):
+    """A pickle that asks for what a CIFAR-10 batch never needs: code to run, or memory its bytes do not back."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Builds only plain containers, bytes/str/int and numpy arrays; anything else is refused."""
+    """Builds only plain containers, bytes/str/int and numpy arrays of plain numbers; anything else is refused.
+    An array may not set aside more memory than the stream has bytes: numpy's pickles carry an array's data
+    in the stream, so a larger one is a crafted stream asking for memory it does not back."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -91,10 +99,38 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.limit = len(data)
+
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if (module, name) not in self.ALLOWED:
+            raise Refused(f"pickle asks to run code ({module}.{name}); not loaded")
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return self._bounded(found)
+        if name == "dtype":
+            return self._plain_dtype
+        return found
+
+    def _plain_dtype(self, *args: object) -> np.dtype:
+        dtype = np.dtype(*args)
+        if dtype.hasobject or dtype.itemsize > self.limit:
+            raise Refused(f"refused: an array of {str(dtype)[:40]}, which a CIFAR-10 batch never holds")
+        return dtype
+
+    def _bounded(self, reconstruct):  # noqa: ANN001, ANN202 - numpy's private constructor
+        def build(subtype: type, shape: object, dtype: object) -> np.ndarray:
+            dims = shape if isinstance(shape, tuple) else (shape,)
+            if len(dims) > 32 or not all(isinstance(d, int) and d >= 0 for d in dims):
+                raise Refused(f"refused: an array of shape {str(shape)[:60]}")
+            nbytes = math.prod(dims) * self._plain_dtype(dtype).itemsize
+            if nbytes > self.limit:
+                raise Refused(f"refused: it asks for an array of {size_text(nbytes)} in a stream of "
+                              f"{size_text(self.limit)}")
+            return reconstruct(subtype, shape, dtype)
+
+        return build
 
 
 # What unpickling a damaged or crafted batch raises: the unpickler's own errors (a cut stream, a bad opcode, a
@@ -119,10 +155,10 @@ def _scan_pickle(data: bytes, where: str) -> None:
 def restricted_loads(data: bytes, where: str) -> object:
     _scan_pickle(data, where)
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        return RestrictedUnpickler(data).load()
+    except Refused as e:
+        raise DataError(f"{where}: {e}") from None
     except pickle.UnpicklingError as e:
-        if "refusing" in str(e):
-            raise DataError(f"{where}: pickle asks to run code ({e}); not loaded") from None
         raise DataError(f"{where}: truncated or corrupt pickle ({e})") from None
     except _PICKLE_ERRORS as e:
         raise DataError(f"{where}: truncated or corrupt pickle ({type(e).__name__}: {str(e)[:160]})") from None
