@@ -176,7 +176,17 @@ ARCHIVES = {
     "link-out": (lambda p: _bomb(p, [tar_header("train/cat/x.png", 0, tarfile.SYMTYPE, linkname="../../../etc/pa"
                                                 "sswd")]), ("link", "train/cat/x.png")),
     "device": (lambda p: _bomb(p, [tar_header("train/cat/x.png", 0, tarfile.CHRTYPE)]), ("not a regular file",)),
+    # a long name (a pax header carries any length) is quoted shortened: the line stays within 300 characters
+    "link-with-a-long-name": (lambda p: _bomb(p, [_long_named_link("train/cat/" + "n" * 5000 + "\nx.png")]),
+                              ("link", "train/cat/nnnn", "nnn\\nx.png'")),
 }
+
+
+def _long_named_link(name: str) -> bytes:
+    """A symlink member named ``name`` (of any length: tarfile writes a pax header for it) pointing out."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, "/etc"
+    return info.tobuf(tarfile.PAX_FORMAT)
 
 
 @pytest.mark.parametrize("kind", list(ARCHIVES))
@@ -494,3 +504,13 @@ def test_a_pickled_batch_that_asks_for_more_memory_than_it_holds(case: Case, pix
     batch = {b"batch_label": b"x", b"labels": [0, 1, 2], b"data": array()}
     (data / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
     refused(data_info(case, data), "data_batch_1", needle)
+
+
+def test_label_names_of_any_length_are_quoted_short(case: Case, pixels: Pixels) -> None:
+    import pickle
+
+    data = write_python(case.root / "data", {"train": pixels["train"]})
+    meta = {b"label_names": [("x" * 1000 + "\n\x1b[31m").encode()] * 30, b"num_cases_per_batch": 10}
+    (data / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    line = refused(data_info(case, data), "batches.meta: label names (xxxx", "and 20 more) are not CIFAR-10's")
+    assert "\x1b" not in line

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from alexnet_cifar10.errors import ConfigError
+from alexnet_cifar10.errors import ConfigError, shortened
 from alexnet_cifar10.io import read_json
 
 DEFAULT_DATA = "data"  # the folder a plain `train` reads, and downloads into when it is absent
@@ -53,7 +53,7 @@ def shown(value: Any) -> str:
     """A value as a message may quote it: a number of any size in a few characters."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"a {'-' if value < 0 else ''}number of about {int(value.bit_length() * math.log10(2))} digits"
-    return repr(value)[:40]
+    return shortened(repr(value), 40)
 
 
 def check_bounds(name: str, value: float, bounds: Bounds) -> None:

@@ -21,15 +21,29 @@ def printable(text: object) -> str:
     return "".join(out)
 
 
+MAX_MESSAGE = 300 - len("alexnet-cifar10: error: ")  # the line a user sees stays within 300 characters
+
+
+def shortened(text: object, limit: int = 80) -> str:
+    """``text`` in at most ``limit`` characters, its middle elided: a file name or a value quoted from a file
+    keeps its start and its end, which tell most."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    return text[:keep] + "..." + text[len(text) - (limit - 3 - keep):]
+
+
 class AlexNetCifarError(Exception):
     """Base of every error a user can cause and fix (bad path, bad file, bad flag).
 
-    The message is kept to one printable line: details quoted from other libraries (pickle, tarfile,
-    Pillow) often span several, and file names may hold bytes a terminal cannot show.
+    The message is kept to one printable line of at most ``MAX_MESSAGE`` characters: details quoted from other
+    libraries (pickle, tarfile, Pillow) often span several, and file names may hold bytes a terminal cannot show.
+    What a message quotes is shortened where it is quoted; the cap holds whatever the quotes are.
     """
 
     def __init__(self, message: str = "") -> None:
-        super().__init__(printable(" ".join(str(message).split())))
+        super().__init__(shortened(printable(" ".join(str(message).split())), MAX_MESSAGE))
 
 
 def first_line(e: BaseException) -> str:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet_cifar10.errors import ConfigError
+from alexnet_cifar10.errors import ConfigError, shortened
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -240,11 +240,6 @@ _DEFAULTS = {k: p.default for k, p in inspect.signature(AlexNet.__init__).parame
 assert set(_DEFAULTS) == set(SETTINGS), "SETTINGS must hold a rule for every AlexNet argument"
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def model_settings(name: str, overrides: Mapping[str, object] | None = None) -> dict[str, object]:
     """The AlexNet settings of model ``name`` with ``overrides``, checked before anything is built: only settings
     AlexNet takes, each within its range (``SETTINGS``), a feature map of at least one pixel after every
@@ -253,15 +248,16 @@ def model_settings(name: str, overrides: Mapping[str, object] | None = None) -> 
     for key, value in settings.items():
         rule = SETTINGS.get(key) if isinstance(key, str) else None
         if rule is None:
-            raise ConfigError(f"model {name} has no setting {_shown(key)} (models.SETTINGS lists those it has)")
+            raise ConfigError(f"model {name} has no setting {shortened(repr(key), 40)} (models.SETTINGS lists those "
+                              "it has)")
         if not rule[0](value):
-            raise ConfigError(f"model setting {key}={_shown(value)} is not {rule[1]}")
+            raise ConfigError(f"model setting {key}={shortened(repr(value), 40)} is not {rule[1]}")
     full = {**_DEFAULTS, **settings}
     convs, pool_after, (kernel, stride), padding = full["convs"], full["pool_after"], full["pool"], full["pool_padding"]
     if padding > kernel // 2:
         raise ConfigError(f"model setting pool_padding={padding} is more than half the pool kernel {kernel}")
     if any(i >= len(convs) for i in pool_after):
-        raise ConfigError(f"model setting pool_after={_shown(pool_after)} names a convolution beyond the "
+        raise ConfigError(f"model setting pool_after={shortened(repr(pool_after), 40)} names a convolution beyond the "
                           f"{len(convs)} there are")
     side = full["input_size"]
     for i, (_, k, s) in enumerate(convs):

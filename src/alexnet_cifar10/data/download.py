@@ -23,7 +23,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from alexnet_cifar10.data.sources import ARCHIVE_SUFFIXES
-from alexnet_cifar10.errors import DownloadError
+from alexnet_cifar10.errors import DownloadError, shortened
 from alexnet_cifar10.io import size_text
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -52,24 +52,19 @@ def md5sum(path: Path) -> str:
     return h.hexdigest()
 
 
-def _shown(url: str) -> str:
-    """A URL as an error message quotes it: at most 120 characters."""
-    return url if len(url) <= 120 else url[:117] + "..."
-
-
 def check_url(url: str) -> str:
     """``url`` when it is an http or https URL with a host, else a DownloadError that says why not."""
     if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise DownloadError(f"cannot download {_shown(url)!r}: the URL holds spaces or control characters")
+        raise DownloadError(f"cannot download {shortened(url)!r}: the URL holds spaces or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
     except ValueError as e:
-        raise DownloadError(f"cannot download {_shown(url)!r}: not a valid URL ({e})") from None
+        raise DownloadError(f"cannot download {shortened(url)!r}: not a valid URL ({e})") from None
     if parts.scheme.lower() not in SCHEMES:
-        raise DownloadError(f"cannot download {_shown(url)!r}: only http:// and https:// URLs are fetched")
+        raise DownloadError(f"cannot download {shortened(url)!r}: only http:// and https:// URLs are fetched")
     if not parts.hostname:
-        raise DownloadError(f"cannot download {_shown(url)!r}: the URL names no host")
+        raise DownloadError(f"cannot download {shortened(url)!r}: the URL names no host")
     return url
 
 
@@ -90,14 +85,14 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         scheme = urllib.parse.urlsplit(newurl).scheme.lower()
         if scheme not in SCHEMES:
             fp.close()
-            raise DownloadError(f"cannot download {_shown(req.full_url)}: the server redirects to a {scheme}: URL; "
+            raise DownloadError(f"cannot download {shortened(req.full_url)}: the server redirects to a {scheme}: URL; "
                                 "only http:// and https:// URLs are fetched")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _offline_hint(url: str, reason: object) -> DownloadError:
     return DownloadError(
-        f"cannot download {_shown(url)} ({reason}); without network, pass --data PATH to a CIFAR-10 "
+        f"cannot download {shortened(url)} ({reason}); without network, pass --data PATH to a CIFAR-10 "
         "copy on disk (folder or .tar.gz)"
     )
 
@@ -140,8 +135,8 @@ def _too_big(url: str, part: Path) -> DownloadError:
         part.unlink()
     except OSError:
         pass
-    return DownloadError(f"cannot download {_shown(url)}: the server sends more than {size_text(MAX_DOWNLOAD_BYTES)} "
-                         "(the limit: 4x the official archive); nothing was kept")
+    return DownloadError(f"cannot download {shortened(url)}: the server sends more than "
+                         f"{size_text(MAX_DOWNLOAD_BYTES)} (the limit: 4x the official archive); nothing was kept")
 
 
 def _existing(final: Path, md5: str) -> bool:
@@ -203,13 +198,13 @@ def _request(url: str, have: int, timeout: float) -> http.client.HTTPResponse | 
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:
             return None
-        raise DownloadError(f"cannot download {_shown(url)}: server answered {e.code} {str(e.reason)[:100]}") \
+        raise DownloadError(f"cannot download {shortened(url)}: server answered {e.code} {str(e.reason)[:100]}") \
             from None
     except ValueError as e:  # http.client.InvalidURL included
-        raise DownloadError(f"cannot download {_shown(url)!r}: {str(e)[:100]}") from None
+        raise DownloadError(f"cannot download {shortened(url)!r}: {str(e)[:100]}") from None
     except NETWORK_ERRORS as e:
         if isinstance(e, http.client.HTTPException) and not isinstance(e, OSError):  # RemoteDisconnected is both
-            raise DownloadError(f"cannot download {_shown(url)}: the server's answer is not valid HTTP "
+            raise DownloadError(f"cannot download {shortened(url)}: the server's answer is not valid HTTP "
                                 f"({type(e).__name__})") from None
         raise _offline_hint(url, str(getattr(e, "reason", None) or e or type(e).__name__)[:100]) from None
 
@@ -222,7 +217,7 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, have: int
     length = response.headers.get("Content-Length")
     total = have + int(length) if length and length.isdigit() else None
     if total is not None and total > MAX_DOWNLOAD_BYTES:
-        raise DownloadError(f"cannot download {_shown(url)}: the server announces {size_text(total)}, more "
+        raise DownloadError(f"cannot download {shortened(url)}: the server announces {size_text(total)}, more "
                             f"than the {size_text(MAX_DOWNLOAD_BYTES)} limit (4x the official archive)")
     size = have
     try:
@@ -241,10 +236,10 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, have: int
             os.fsync(f.fileno())
     except NETWORK_ERRORS as e:
         reason = str(getattr(e, "reason", None) or e or type(e).__name__)[:100]
-        raise DownloadError(f"download of {_shown(url)} broke off ({reason}); run the same command again to "
+        raise DownloadError(f"download of {shortened(url)} broke off ({reason}); run the same command again to "
                             f"resume from {part}") from None
     if total is not None and size < total:
-        raise DownloadError(f"download of {_shown(url)} ended early ({size} of {total} bytes); run the same "
+        raise DownloadError(f"download of {shortened(url)} ended early ({size} of {total} bytes); run the same "
                             f"command again to resume from {part}")
 
 

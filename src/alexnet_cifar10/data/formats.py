@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from alexnet_cifar10.data.images import IMAGE_SUFFIXES, decode_image
 from alexnet_cifar10.data.sources import Source
-from alexnet_cifar10.errors import DataError
+from alexnet_cifar10.errors import DataError, shortened
 from alexnet_cifar10.io import size_text
 
 CLASSES: tuple[str, ...] = (
@@ -105,7 +105,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
         if (module, name) not in self.ALLOWED:
-            raise Refused(f"pickle asks to run code ({module}.{name}); not loaded")
+            raise Refused(f"pickle asks to run code ({shortened(module + '.' + name, 60)}); not loaded")
         found = super().find_class(module, name)
         if name == "_reconstruct":
             return self._bounded(found)
@@ -206,9 +206,10 @@ def _check_meta(source: Source, root: str) -> None:
     names = _key(obj, "label_names") if isinstance(obj, dict) else None
     if not isinstance(names, list):
         raise DataError(f"{source.where(name)}: not a CIFAR-10 meta file (no 'label_names')")
-    decoded = [n.decode(errors="replace") if isinstance(n, bytes) else str(n)[:40] for n in names[:20]]
+    decoded = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names[:20]]
     if len(names) != len(CLASSES) or tuple(decoded) != CLASSES:
-        shown = ", ".join(decoded[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        shown = ", ".join(shortened(n, 12) for n in decoded[:10]) + (f" and {len(names) - 10} more"
+                                                                      if len(names) > 10 else "")
         raise DataError(f"{source.where(name)}: label names ({shown}) are not CIFAR-10's")
 
 

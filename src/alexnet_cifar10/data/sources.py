@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from alexnet_cifar10.errors import DataError
+from alexnet_cifar10.errors import DataError, shortened
 from alexnet_cifar10.io import read_regular, size_text
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -54,9 +54,8 @@ class Source:
 
     def where(self, name: str) -> str:
         """The name of a file as a user would look for it."""
-        return f"{self.label}:{name}" if self.label.endswith(ARCHIVE_SUFFIXES) else str(
-            Path(self.label) / name
-        )
+        name = shortened(name)  # a crafted member name may be of any length
+        return f"{self.label}:{name}" if self.label.endswith(ARCHIVE_SUFFIXES) else str(Path(self.label) / name)
 
 
 def list_files(root: Path) -> list[str]:
@@ -132,17 +131,18 @@ def directory_source(root: Path) -> Source:
 
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     name = member.name
+    quoted = shortened(repr(name))  # a crafted name may be of any length
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-        raise DataError(f"{archive}: refusing archive member with an unsafe path: {name!r}")
+        raise DataError(f"{archive}: refusing archive member with an unsafe path: {quoted}")
     if member.issym() or member.islnk():
-        raise DataError(f"{archive}: refusing archive member that is a link: {name!r}")
+        raise DataError(f"{archive}: refusing archive member that is a link: {quoted}")
     if member.issparse():  # its holes read as zeros up to a size that the header alone sets
-        raise DataError(f"{archive}: refusing archive member that is a sparse file: {name!r}")
+        raise DataError(f"{archive}: refusing archive member that is a sparse file: {quoted}")
     if not (member.isfile() or member.isdir()):
-        raise DataError(f"{archive}: refusing archive member that is not a regular file: {name!r}")
+        raise DataError(f"{archive}: refusing archive member that is not a regular file: {quoted}")
     if member.isfile() and member.size > MAX_FILE_BYTES:
-        raise _too_large(f"{archive}:{name}", member.size)
+        raise _too_large(f"{archive}:{shortened(name)}", member.size)
 
 
 def _check_end(archive: Path, tar: tarfile.TarFile, compressed: bool) -> None:
@@ -218,7 +218,7 @@ def archive_source(archive: Path) -> Source:
                     handle = tar.extractfile(member)
                     data = handle.read(member.size + 1) if handle else b""  # at most MAX_FILE_BYTES + 1
                     if len(data) > member.size:
-                        raise _too_large(f"{archive}:{name}", len(data))
+                        raise _too_large(f"{archive}:{shortened(name)}", len(data))
                     files[name] = data
                 _check_end(archive, tar, opener is not None)
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
