@@ -294,7 +294,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _tiny_state(**changes: object) -> dict[str, object]:
+def tiny_state(**changes: object) -> dict[str, object]:
     import torch
 
     from alexnet_cifar10.models import create_model
@@ -306,7 +306,7 @@ def _tiny_state(**changes: object) -> dict[str, object]:
 
 
 def _weights(**changes: object) -> dict[str, object]:
-    return {**_tiny_state()["model"], **changes}
+    return {**tiny_state()["model"], **changes}
 
 
 # what each hostile checkpoint is, and a phrase of the one line that refuses it
@@ -318,23 +318,23 @@ HOSTILE_CHECKPOINTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "weights-not-a-dict": (lambda marker: {"model": 5, "model_name": "alexnet_tiny"}, "model is not a dict"),
     "dropout-text": (lambda marker: {"model": {}, "model_name": "alexnet", "model_kwargs": {"dropout": "x"}},
                      "dropout='x' is not a number in [0, 1)"),
-    "huge-classes": (lambda marker: _tiny_state(model_kwargs={"num_classes": 10**9}), "num_classes=1000000000"),
-    "huge-hidden": (lambda marker: _tiny_state(model_kwargs={"hidden": 10**6}), "hidden=1000000"),
-    "huge-network": (lambda marker: _tiny_state(model_kwargs={"convs": [[4096, 11, 1]] * 8, "pool_after": []}),
+    "huge-classes": (lambda marker: tiny_state(model_kwargs={"num_classes": 10**9}), "num_classes=1000000000"),
+    "huge-hidden": (lambda marker: tiny_state(model_kwargs={"hidden": 10**6}), "hidden=1000000"),
+    "huge-network": (lambda marker: tiny_state(model_kwargs={"convs": [[4096, 11, 1]] * 8, "pool_after": []}),
                      "more than the 100,000,000 limit"),
-    "unknown-setting": (lambda marker: _tiny_state(model_kwargs={"explode": True}), "no setting 'explode'"),
-    "unknown-model": (lambda marker: _tiny_state(model_name="resnet9000"), "unknown model 'resnet9000'"),
-    "kwargs-not-a-dict": (lambda marker: _tiny_state(model_kwargs=[1]), "model_kwargs is not a dict"),
-    "wrong-shape": (lambda marker: {**_tiny_state(), "model": _weights(**{"classifier.6.weight": _zeros(5, 64)})},
+    "unknown-setting": (lambda marker: tiny_state(model_kwargs={"explode": True}), "no setting 'explode'"),
+    "unknown-model": (lambda marker: tiny_state(model_name="resnet9000"), "unknown model 'resnet9000'"),
+    "kwargs-not-a-dict": (lambda marker: tiny_state(model_kwargs=[1]), "model_kwargs is not a dict"),
+    "wrong-shape": (lambda marker: {**tiny_state(), "model": _weights(**{"classifier.6.weight": _zeros(5, 64)})},
                     "classifier.6.weight has shape (5, 64)"),
-    "missing-weights": (lambda marker: _tiny_state(model={}), "missing mean, std, features.0.weight and 15 more"),
-    "stride-zero-giant": (lambda marker: {**_tiny_state(), "model": _weights(
+    "missing-weights": (lambda marker: tiny_state(model={}), "missing mean, std, features.0.weight and 15 more"),
+    "stride-zero-giant": (lambda marker: {**tiny_state(), "model": _weights(
         **{"classifier.6.weight": _zeros(1).expand(10**6, 10**6)})}, "has shape (1000000, 1000000)"),
-    "bad-ema": (lambda marker: _tiny_state(ema_model={"x": 1}), "(EMA weights): weights do not fit"),
-    "nan-weights": (lambda marker: {**_tiny_state(), "model": _weights(**{"features.3.weight": _nan(32, 16, 3, 3)})},
+    "bad-ema": (lambda marker: tiny_state(ema_model={"x": 1}), "(EMA weights): weights do not fit"),
+    "nan-weights": (lambda marker: {**tiny_state(), "model": _weights(**{"features.3.weight": _nan(32, 16, 3, 3)})},
                     "features.3.weight holds NaN or infinite values"),
-    "config-not-a-dict": (lambda marker: _tiny_state(config=[1]), "config is not a dict"),
-    "tta-shift-text": (lambda marker: _tiny_state(config={"tta_shift": "x"}), "tta_shift is not an integer 0-8"),
+    "config-not-a-dict": (lambda marker: tiny_state(config=[1]), "config is not a dict"),
+    "tta-shift-text": (lambda marker: tiny_state(config={"tta_shift": "x"}), "tta_shift is not an integer 0-8"),
     "runs-code": (lambda marker: {"model": _RunsCode(marker), "model_name": "alexnet_tiny"},
                   "more than tensors and plain values"),
     "compressed": (lambda marker: "compressed", "compressed entries"),
@@ -362,7 +362,7 @@ def write_checkpoint(path: Path, kind: str, marker: Path) -> Path:
         path.write_bytes(content)
     elif content == "compressed":  # a sound checkpoint whose zip entries are deflated, as a zip bomb's are
         plain = io.BytesIO()
-        torch.save(_tiny_state(), plain)
+        torch.save(tiny_state(), plain)
         with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
             for info in src.infolist():
                 dst.writestr(info.filename, src.read(info))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HOSTILE_CHECKPOINTS, _tiny_state, write_checkpoint
+from conftest import HOSTILE_CHECKPOINTS, tiny_state, write_checkpoint
 
 from alexnet_cifar10.checkpoint import load_checkpoint, load_model, save_checkpoint, save_safetensors, trained_state
 from alexnet_cifar10.errors import CheckpointError, ConfigError
@@ -35,7 +35,7 @@ def test_hostile_checkpoints_are_refused_in_one_line(kind: str, tmp_path: Path) 
 
 
 def test_a_sound_checkpoint_still_loads_with_its_ema_weights(tmp_path: Path) -> None:
-    state = _tiny_state(model_kwargs={"dropout": 0.25})
+    state = tiny_state(model_kwargs={"dropout": 0.25})
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
     save_checkpoint(tmp_path / "ok.pt", {**state, "ema_model": ema})
     model = load_model(tmp_path / "ok.pt")
@@ -56,7 +56,7 @@ def test_a_checkpoint_that_is_not_a_regular_file(tmp_path: Path) -> None:
 
 def _safetensors(path: Path, **metadata: str) -> Path:
     st = pytest.importorskip("safetensors.torch")
-    state = _tiny_state()
+    state = tiny_state()
     meta = {"model_name": "alexnet_tiny", "model_kwargs": "{}", "format": "alexnet-cifar10", **metadata}
     path.write_bytes(st.save({k: v.contiguous() for k, v in state["model"].items()}, metadata=meta))
     return path
@@ -87,7 +87,7 @@ def test_settings_that_cannot_be_written_as_json(tmp_path: Path) -> None:
     for _ in range(100_000):
         deep = [deep]
     with pytest.raises(CheckpointError, match="cannot be written as JSON"):
-        save_safetensors(_tiny_state(config={"deep": deep}), tmp_path / "out.safetensors")
+        save_safetensors(tiny_state(config={"deep": deep}), tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
 
 
@@ -111,6 +111,6 @@ def test_model_settings_out_of_range(overrides: dict, needle: str) -> None:
 
 
 def test_trained_state_checks_the_weights_it_returns(tmp_path: Path) -> None:
-    state = _tiny_state()
+    state = tiny_state()
     save_checkpoint(tmp_path / "ok.pt", state)
     assert trained_state(tmp_path / "ok.pt")["model_name"] == "alexnet_tiny"

@@ -9,6 +9,7 @@ own temp folder (HOME, XDG_CACHE_HOME, ALEXNET_CIFAR10_CACHE, TMPDIR and the wor
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import subprocess
@@ -33,6 +34,7 @@ from conftest import (
     sparse_header,
     split_counts,
     tar_header,
+    tiny_state,
     write_checkpoint,
     write_gzip,
     write_imagefolder,
@@ -514,3 +516,49 @@ def test_label_names_of_any_length_are_quoted_short(case: Case, pixels: Pixels) 
     (data / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     line = refused(data_info(case, data), "batches.meta: label names (xxxx", "and 20 more) are not CIFAR-10's")
     assert "\x1b" not in line
+
+
+@pytest.fixture(scope="module")
+def other_files(tmp_path_factory: pytest.TempPathFactory, pixels: Pixels) -> dict[str, Path]:
+    """Files of the project's other kinds, each under a checkpoint's name (best.pt)."""
+    from alexnet_cifar10.checkpoint import save_safetensors
+    from alexnet_cifar10.export import export
+
+    root = tmp_path_factory.mktemp("other-files")
+    checkpoint = root / "tiny.pt"
+    torch.save(tiny_state(), checkpoint)
+    files = {}
+    for kind, fmt in (("torchscript", "torchscript"), ("pt2", "pt2"), ("onnx", "onnx")):
+        files[kind] = root / kind / "best.pt"
+        files[kind].parent.mkdir()
+        export(checkpoint, fmt, files[kind])
+    safetensors = root / "safetensors" / "best.pt"
+    safetensors.parent.mkdir()
+    save_safetensors(tiny_state(), safetensors)
+    files["safetensors"] = safetensors
+    for kind, write in (("config.json", lambda p: p.write_text('{"epochs": 20}')),
+                        ("metrics.jsonl", lambda p: p.write_text('{"epoch": 1, "val_acc": 0.5}\n')),
+                        ("png", lambda p: Image.new("RGB", (32, 32)).save(p, format="PNG")),
+                        ("jpeg", lambda p: Image.new("RGB", (32, 32)).save(p, format="JPEG")),
+                        ("tar", lambda p: write_tar(write_python(root / "data", {"train": pixels["train"]}), p)),
+                        ("gz", lambda p: p.write_bytes(gzip.compress(files["tar"].read_bytes())))):
+        files[kind] = root / kind.replace(".", "-") / "best.pt"
+        files[kind].parent.mkdir()
+        write(files[kind])
+    return files
+
+
+@pytest.mark.parametrize(("kind", "needle"), [
+    ("torchscript", "a TorchScript export (export --format torchscript), not a checkpoint"),
+    ("pt2", "a torch.export program (export --format pt2), not a checkpoint"),
+    ("onnx", "an ONNX export (export --format onnx), not a checkpoint"),
+    ("safetensors", "a safetensors file (name it .safetensors to load it)"),
+    ("config.json", "a JSON file (a run's config.json"), ("metrics.jsonl", "a JSON file"),
+    ("png", "a PNG image, not a checkpoint"), ("jpeg", "a JPEG image, not a checkpoint"),
+    ("tar", "a tar archive (a data set?), not a checkpoint"), ("gz", "a gzip file (a data archive?), not a checkpoint"),
+])
+def test_other_files_where_a_checkpoint_belongs_are_named(case: Case, other_files: dict[str, Path], kind: str,
+                                                          needle: str) -> None:
+    image = case.root / "cat.png"
+    Image.new("RGB", (32, 32), (90, 80, 70)).save(image)
+    refused(run(case, "predict", str(other_files[kind]), str(image), "--device", "cpu"), needle)

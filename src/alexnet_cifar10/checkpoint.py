@@ -40,6 +40,31 @@ MAX_CHECKPOINT_BYTES = 4 << 30
 MAX_ZIP_ENTRIES = 10_000  # a checkpoint holds one entry per tensor storage, a few hundred at most
 
 
+CHECKPOINT_HELP = "a checkpoint is a run's best.pt or last.pt, or a .safetensors file"
+
+
+def other_format(path: Path, head: bytes, zip_names: list[str] | None = None) -> str | None:
+    """What ``path`` is when it is a file of another kind that users hand over where a checkpoint belongs (the
+    project's own exports and run files, images, data archives), from its first bytes or zip entries."""
+    if zip_names is not None:
+        inner = {name.split("/", 1)[-1] for name in zip_names}
+        if any(name.startswith("code/") for name in inner):
+            return "a TorchScript export (export --format torchscript)"
+        if "archive_format" in inner or "models/model.json" in inner:
+            return "a torch.export program (export --format pt2)"
+        return None
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 << 20:
+        return "a safetensors file (name it .safetensors to load it)"
+    kinds = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x1f\x8b": "a gzip file (a data archive?)",
+             b"{": "a JSON file (a run's config.json, final.json or metrics.jsonl?)", b"\x08": "an ONNX export?"}
+    if head[257:262] == b"ustar":
+        return "a tar archive (a data set?)"
+    found = next((kind for magic, kind in kinds.items() if head.lstrip().startswith(magic)), None)
+    if found == "an ONNX export?":
+        return "an ONNX export (export --format onnx)" if path.suffix == ".onnx" or b"pytorch" in head else None
+    return found
+
+
 def _check_zip(path: Path) -> None:
     """Refuse a .pt file that torch.load could not read within bounds: not a zip as torch.save writes (so a text
     file, an empty file or the legacy format), or one whose entries are compressed (a zip bomb: torch's reader
@@ -48,9 +73,17 @@ def _check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             entries = z.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-        reason = (e.strerror if isinstance(e, OSError) and e.strerror
-                  else "truncated or corrupt: not the zip file that torch.save writes")
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})") from None
+        if isinstance(e, OSError) and e.strerror:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({e.strerror})") from None
+        with path.open("rb") as f:
+            kind = other_format(path, f.read(512))
+        if kind:
+            raise CheckpointError(f"{path}: {kind}, not a checkpoint; {CHECKPOINT_HELP}") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (truncated or corrupt: not the zip file that "
+                              "torch.save writes)") from None
+    kind = other_format(path, b"", [e.filename for e in entries[:MAX_ZIP_ENTRIES]])
+    if kind:
+        raise CheckpointError(f"{path}: {kind}, not a checkpoint; {CHECKPOINT_HELP}")
     if len(entries) > MAX_ZIP_ENTRIES:
         raise CheckpointError(f"{path}: refused: {len(entries):,} entries, more than a checkpoint holds")
     if any(e.compress_type != zipfile.ZIP_STORED or e.file_size != e.compress_size for e in entries):
