@@ -277,6 +277,8 @@ TINY_BENCH = "benchmark --data {data} --val-size 20 --model alexnet_tiny --repea
     (PRINT + " --norm-bias-lr-scale {v}", "0", "64", "--norm-bias-lr-scale must lie in (0, 1000]"),
     (PRINT + " --norm-bias-lr-scale {v}", "nan", "1", "--norm-bias-lr-scale must lie in (0, 1000], got nan"),
     (PRINT + " --bn-momentum {v}", "0", "0.4", "--bn-momentum must lie in (0, 1], got 0.0"),
+    (PRINT + " --name {v}", "../elsewhere", "my-run", "--name '../elsewhere' must be a folder name under runs/"),
+    (PRINT + " --name {v}", "a/b", "a-b", "--name 'a/b' must be a folder name"),
     (PRINT + " {v}", "--alternate-flip --no-flip", "--alternate-flip", "--alternate-flip needs --flip"),
     (PRINT + " --whiten --model {v}", "alexnet", "alexnet_slim_bn", "--whiten needs an even number"),
     (PRINT + " --whiten --model {v}", "alexnet_224", "alexnet_slim_bn", "--whiten needs"),

@@ -562,3 +562,23 @@ def test_other_files_where_a_checkpoint_belongs_are_named(case: Case, other_file
     image = case.root / "cat.png"
     Image.new("RGB", (32, 32), (90, 80, 70)).save(image)
     refused(run(case, "predict", str(other_files[kind]), str(image), "--device", "cpu"), needle)
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+@pytest.mark.parametrize("command", [("models", "--json"), ("train", "--print-config")])
+def test_an_output_stream_that_takes_nothing(case: Case, stdout: str, command: tuple[str, ...]) -> None:
+    """stdout on a full device, or closed (`>&-`): one line on stderr and exit 1, never Python's
+    "Exception ignored" traceback at exit nor results that vanish with exit 0."""
+    if stdout == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    cli = [sys.executable, "-m", "alexnet_cifar10", *command]
+    if stdout == "closed":  # the shell closes it (a preexec_fn could deadlock under xdist's threads)
+        cli = ["sh", "-c", 'exec "$@" >&-', "sh", *cli]
+    with open("/dev/full" if stdout == "full" else os.devnull, "w") as sink:
+        result = subprocess.run(cli, cwd=case.cwd, env=case.env(), stdout=sink, stderr=subprocess.PIPE, text=True,
+                                timeout=LIMIT_S)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Exception" not in result.stderr
+    expected = ("cannot write to standard output: No space left on device" if stdout == "full"
+                else "standard output is closed")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alexnet-cifar10: error: ") and expected in lines[0], lines

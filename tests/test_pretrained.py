@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,35 +69,56 @@ def test_predict_with_a_name_that_does_not_ship_is_one_line(tmp_path: Path) -> N
     assert result.returncode == 1 and len(err) == 1 and "no trained weights named 'no_such_weights'" in err[0], err
 
 
-def parity(info: dict, model: torch.nn.Module, data) -> tuple[float, float]:  # noqa: ANN001 - a Cifar10
-    """Accuracy of ``model`` and of the float32 weights (their recorded predictions) on the first validation images."""
-    from alexnet_cifar10.evaluation import evaluate
-
-    recorded = torch.tensor([int(c) for c in info["check_predictions_float32"]])
-    val = data.split("val")
-    labels = val.labels[: len(recorded)]
-    now = evaluate(model, val.images[: len(recorded)], labels).accuracy
-    return now, float((recorded == labels).float().mean())
+def run_ship(*args: str) -> subprocess.CompletedProcess[str]:
+    """The maintainers' shipping tool, ``python -m alexnet_cifar10.ship``, in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "alexnet_cifar10.ship", *args], capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_a_run_ships_as_float16_weights_with_what_the_json_promises(tmp_path: Path, tiny_png: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipping tool, run as a user runs it, checked against references it did not compute: the run's own
+    float32 checkpoint evaluated here, and the labels."""
     from alexnet_cifar10.data import load_cifar10
-    from alexnet_cifar10.ship import ship
+    from alexnet_cifar10.evaluation import evaluate
 
     run = tmp_path / "run"
     result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(run), "--val-size", "20",
-                     "--batch-size", "16", "--no-progress", "--threads", "1", "--model", "alexnet_tiny")
+                     "--batch-size", "16", "--no-progress", "--threads", "1", "--model", "alexnet_tiny",
+                     "--precision", "fp32")
     assert result.returncode == 0, result.stderr
-    data = load_cifar10(tiny_png, val_size=20, seed=0)
-    info = ship(run, "tiny", data, out_dir=tmp_path / "weights")
+    shipped = run_ship(str(run), "--name", "tiny", "--data", str(tiny_png), "--out", str(tmp_path / "weights"))
+    assert shipped.returncode == 0, shipped.stderr
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
-    assert pretrained.shipped() == ["tiny"] and pretrained.shipped_info("tiny") == info
+    info = pretrained.shipped_info("tiny")
+    assert json.loads(shipped.stdout)["sha256"] == info["sha256"] == pretrained.sha256(tmp_path / "weights" /
+                                                                                        "tiny.safetensors")
+    data = load_cifar10(tiny_png, val_size=20, seed=0)
+    val = data.split("val")
+    full_model = load_model(run / "best.pt")  # the run's float32 weights
+    reference = evaluate(full_model, val.images, val.labels)
+    with torch.no_grad():  # float16 weights move each logit by a rounding error, not more
+        expected = full_model(val.images.float() / 255)
+        logits = load_model("tiny")(val.images.float() / 255)
+    spread = float(expected.max() - expected.min())
+    assert spread > 0 and float((logits - expected).abs().max()) <= 0.02 * spread
+    assert info["val_accuracy_float32"]["plain"] == pytest.approx(reference.accuracy)
+    assert abs(info["val_accuracy"]["plain"] - reference.accuracy) <= 1 / 20
+    # the check images: the first of each class, every class present; their recorded predictions are the run's
+    check = info["check_images"]
+    assert set(val.labels[check].tolist()) == set(val.labels.tolist()) and check == sorted(set(check))
+    assert info["check_predictions_float32"] == "".join(map(str, reference.predictions[check].tolist()))
+    # no local path of the trainer's machine in what ships
+    metadata = (tmp_path / "weights" / "tiny.safetensors").read_bytes()[:20_000]
+    assert str(tiny_png).encode() not in metadata and str(run).encode() not in metadata
     assert info["model"] == "alexnet_tiny" and info["training_data"]["train_images"] == len(data.train)
-    assert abs(info["val_accuracy"]["plain"] - info["val_accuracy_float32"]["plain"]) <= 0.0005 + 1 / 20
-    now, full = parity(info, load_model("tiny"), data)
-    assert now == pytest.approx(info["val_accuracy"]["plain"]) and full == pytest.approx(
-        info["val_accuracy_float32"]["plain"])
+
+
+def test_the_shipping_tool_refuses_what_is_not_a_finished_run(tmp_path: Path) -> None:
+    result = run_ship(str(tmp_path), "--name", "x", "--data", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"python -m alexnet_cifar10.ship: error: {tmp_path}: not a finished run (no "
+                                      "best.pt or config.json)")
 
 
 @pytest.mark.parametrize("name", ["best", "seed"])
@@ -120,6 +143,6 @@ def test_the_shipped_weights_reproduce_their_recorded_validation_results(name: s
     model = load_model(name)
     result = evaluate(model, data.val.images, data.val.labels)
     assert result.accuracy == pytest.approx(info["val_accuracy"]["plain"], abs=2e-4)  # float16 weights, in fp32
-    recorded = info["check_predictions_float32"]
-    agree = sum(int(c) == int(p) for c, p in zip(recorded, result.predictions[: len(recorded)], strict=True))
+    recorded, check = info["check_predictions_float32"], info["check_images"]
+    agree = sum(int(c) == int(p) for c, p in zip(recorded, result.predictions[check].tolist(), strict=True))
     assert agree >= 0.99 * len(recorded)

@@ -146,14 +146,20 @@ def test_sigkill_then_resume_keeps_the_optimizer_and_averages_bit_identical(extr
     assert_identical(reference, run)
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tiny_png: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoint_every", ["1", "0"])  # a checkpoint after step 1; none before epoch 1 ends
+def test_non_finite_loss_stops_with_a_clear_message(tiny_png: Path, tmp_path: Path, checkpoint_every: str) -> None:
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "alexnet_cifar10", "train", "--data", str(tiny_png), "--out",
-                           str(run), *FLAGS, "--lr", "1e30"], capture_output=True, text=True, timeout=300)
+                           str(run), *FLAGS, "--optimizer", "sgd", "--lr", "100", "--checkpoint-every",
+                           checkpoint_every], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
-    assert "NaN or infinite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    if (run / "last.pt").exists():  # the last checkpoint written is still a loadable one
+    assert "NaN or infinite in epoch 1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    if checkpoint_every == "1":  # the message names it, and it is still a loadable one
+        assert f"the last good checkpoint is {run / 'last.pt'}" in proc.stderr
         torch.load(run / "last.pt", weights_only=True)
+    else:  # never a checkpoint that was not written
+        assert not (run / "last.pt").exists()
+        assert "no checkpoint was written before it" in proc.stderr and "last.pt" not in proc.stderr
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tiny_png: Path, tmp_path: Path,

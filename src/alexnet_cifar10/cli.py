@@ -289,6 +289,28 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (`>&-`): every result would vanish
+        print(f"{PROG}: error: standard output is closed; give the command somewhere to write", file=sys.stderr)
+        return 1
+    try:
+        try:
+            code = run_command(argv)
+        finally:  # what is still buffered is written now, where a failure can be reported
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader of stdout stopped early (`... | head`): it has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # as a shell reports a command ended by SIGPIPE
+    except OSError as e:
+        if getattr(e, "filename", None):  # a file of the command's, not the output stream
+            print(f"{PROG}: error: {e.filename} {e.strerror or e}", file=sys.stderr)
+            return 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{PROG}: error: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return code
+
+
+def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # predict's files may stand after its flags too: predict CKPT --top-k 1 a.png b.png
@@ -305,10 +327,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted after {time.perf_counter() - start:.0f} s", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader of stdout stopped early (`... | head`): it has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
-        return 141  # as a shell reports a command ended by SIGPIPE
-    except OSError as e:
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"{PROG}: error:{where} {e.strerror or e}", file=sys.stderr)
-        return 1

@@ -148,6 +148,10 @@ class Config:
                 check_bounds(f.name, getattr(self, f.name), bounds)
         if self.optimizer in ("sgd", "muon") and self.momentum <= 0:
             raise ConfigError(f"--optimizer {self.optimizer} uses Nesterov momentum: --momentum must be positive")
+        if self.name and (self.name in (".", "..") or any(c in self.name for c in "/\\\0")
+                          or len(self.name) > 100):
+            raise ConfigError(f"--name {shown(self.name)} must be a folder name under runs/ (at most 100 characters, "
+                              "no / or \\; --out DIR puts a run anywhere)")
         if self.alternate_flip and not self.flip:
             raise ConfigError("--alternate-flip needs --flip")
         if self.whiten:

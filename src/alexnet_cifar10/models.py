@@ -181,6 +181,13 @@ for _name, _convs, _pools in (("alexnet_k5", ((64, 5, 1), (192, 5, 1), *_ALEXNET
         _RETIRED[_name + "_bn" * _bn] = {"convs": _convs, "pool_after": _pools, "hidden": 1024, "batch_norm": _bn}
 
 
+def current_name(name: str) -> str:
+    """The registered name of the network a retired name stands for (``name`` itself when it is current)."""
+    if name in MODELS or name not in _RETIRED:
+        return name
+    return next((n for n, entry in MODELS.items() if entry.kwargs == _RETIRED[name]), name)
+
+
 def model_kwargs(name: str) -> dict[str, object]:
     """The AlexNet settings of a model name: a registered one, or one that an earlier release wrote."""
     if name in MODELS:

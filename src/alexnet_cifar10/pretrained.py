@@ -15,7 +15,6 @@ from typing import Any
 from alexnet_cifar10.errors import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-CHECK_IMAGES = 512  # the first validation images whose full-precision predictions the JSON keeps
 
 
 def shipped() -> list[str]:

@@ -1,27 +1,35 @@
 """Write a finished run's weights as weights that ship with the package.
 
-    python -m alexnet_cifar10.ship runs/NAME --name seed --data PATH
+    python -m alexnet_cifar10.ship runs/NAME --name seed --data PATH [--out FOLDER]
 
 It writes ``weights/<name>.safetensors`` (float16) and ``weights/<name>.json``: the recipe, model, commit and
 training data of the run, the validation accuracy of the float16 weights (plain and with the run's
 test-time augmentation) beside that of the run's own float32 weights, the float32 predictions on the first
-validation images (what the parity test compares against), and the file's sha256.
+validation images of each class (what the parity test compares against), and the file's sha256. The weights'
+metadata carries the run's settings without local paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from alexnet_cifar10 import pretrained
 from alexnet_cifar10.checkpoint import load_checkpoint, model_from_state, save_safetensors, trained_state
+from alexnet_cifar10.config import MAX_CONFIG_BYTES, load_config
 from alexnet_cifar10.data import Cifar10, load_cifar10
+from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.evaluation import evaluate
-from alexnet_cifar10.io import atomic_write_text
+from alexnet_cifar10.io import atomic_write_text, read_json
+from alexnet_cifar10.models import current_name
 
 MAX_BYTES = 16 * 1024 * 1024
+CHECK_PER_CLASS = 51  # validation images of each class whose float32 predictions the JSON keeps (510 in all)
 
 
 def accuracies(model: Any, data: Cifar10, config: dict[str, Any]) -> dict[str, float]:
@@ -31,44 +39,81 @@ def accuracies(model: Any, data: Cifar10, config: dict[str, Any]) -> dict[str, f
     return {"plain": plain.accuracy, "tta": tta.accuracy}
 
 
+def check_indices(labels: torch.Tensor, per_class: int = CHECK_PER_CLASS) -> list[int]:
+    """The first ``per_class`` images of each class, in the split's order: a check that sees every class."""
+    return sorted(i for c in labels.unique().tolist() for i in (labels == c).nonzero().flatten()[:per_class].tolist())
+
+
+def shipped_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings as they ship: the data named by its file name, no local run folder, current names."""
+    return {**config, "data": Path(str(config.get("data", ""))).name, "out": "", "name": "",
+            "model": current_name(str(config.get("model", "")))}
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """The config.json of a finished run folder (its settings checked, and what it records of the run), or a
+    ConfigError naming what is missing."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a folder; give a finished run folder (best.pt, config.json)")
+    missing = [f for f in ("best.pt", "config.json") if not (run_dir / f).is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir}: not a finished run (no {' or '.join(missing)})")
+    config = load_config(run_dir / "config.json").to_dict()
+    record = read_json(run_dir / "config.json", MAX_CONFIG_BYTES, ConfigError, "a config file may be")
+    return {**config, "git_commit": record.get("git_commit")}
+
+
 def ship(run_dir: Path, name: str, data: Cifar10, out_dir: Path | None = None) -> dict[str, Any]:
     """Write ``run_dir``'s best.pt as the shipped weights ``name`` into ``out_dir`` (the package's weights/)."""
     out_dir = out_dir or pretrained.WEIGHTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    run = read_run(run_dir)
     state = trained_state(run_dir / "best.pt")
-    run = json.loads((run_dir / "config.json").read_text())
     full = model_from_state(state)
     target = out_dir / f"{name}.safetensors"
-    save_safetensors({**state, "model": full.state_dict()}, target, half=True)
+    save_safetensors({**state, "model": full.state_dict(), "model_name": current_name(state["model_name"]),
+                      "config": shipped_config(state.get("config") or load_config(run_dir / "config.json")
+                                               .to_dict())}, target, half=True)
     if target.stat().st_size > MAX_BYTES:
-        raise ValueError(f"{target} is {target.stat().st_size} bytes, over the {MAX_BYTES} a shipped file may take")
+        raise ConfigError(f"{target} is {target.stat().st_size} bytes, over the {MAX_BYTES} a shipped file may take")
     half = model_from_state(load_checkpoint(target))
     val = data.split("val")
-    check = val.images[: pretrained.CHECK_IMAGES], val.labels[: pretrained.CHECK_IMAGES]
+    check = check_indices(val.labels)
     info = {
-        "name": name, "recipe": run.get("recipe"), "model": state["model_name"], "commit": run.get("git_commit"),
+        "name": name, "recipe": run.get("recipe"), "model": current_name(state["model_name"]),
+        "commit": run["git_commit"],
         "training_data": {"source": Path(str(data.source)).name, "train_images": len(data.train),
                           "val_images": len(val), "split_seed": run.get("split_seed")},
         "val_accuracy": accuracies(half, data, run),
         "val_accuracy_float32": accuracies(full, data, run),
-        "check_predictions_float32": "".join(map(str, evaluate(full, *check).predictions.tolist())),
+        "check_images": check,
+        "check_predictions_float32": "".join(map(str, evaluate(full, val.images[check], val.labels[check])
+                                                 .predictions.tolist())),
         "dtype": "float16", "bytes": target.stat().st_size, "sha256": pretrained.sha256(target),
     }
     atomic_write_text(out_dir / f"{name}.json", json.dumps(info, indent=2) + "\n")
     return info
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alexnet_cifar10.ship", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder (best.pt, config.json)")
     parser.add_argument("--name", required=True, help="the name users load it by, e.g. seed or best")
     parser.add_argument("--data", required=True, help="the data the run trained on (for its validation split)")
-    args = parser.parse_args()
-    run = json.loads((args.run / "config.json").read_text())
-    data = load_cifar10(args.data, val_size=run.get("val_size", 5000), seed=run.get("split_seed", 0))
-    print(json.dumps({k: v for k, v in ship(args.run, args.name, data).items() if k != "check_predictions_float32"},
-                     indent=2))
+    parser.add_argument("--out", type=Path, default=None, help="folder to write into (default: the package's weights)")
+    args = parser.parse_args(argv)
+    try:
+        if not args.name.isidentifier():
+            raise ConfigError(f"--name {args.name!r}: a shipped name is a Python identifier, e.g. best")
+        run = read_run(args.run)
+        data = load_cifar10(args.data, val_size=run["val_size"], seed=run["split_seed"])
+        info = ship(args.run, args.name, data, out_dir=args.out)
+    except AlexNetCifarError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in info.items() if not k.startswith("check_")}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

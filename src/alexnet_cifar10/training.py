@@ -115,8 +115,11 @@ class Run:
                                                                        self.device)
 
     def non_finite(self, epoch: int) -> TrainingError:
-        return TrainingError(f"the loss became NaN or infinite in epoch {epoch + 1}; stopped. The last good "
-                             f"checkpoint is {self.run_dir / 'last.pt'}; try a lower --lr")
+        last = self.run_dir / "last.pt"
+        kept = (f"the last good checkpoint is {last}" if last.is_file()
+                else "no checkpoint was written before it")
+        return TrainingError(f"the loss became NaN or infinite in epoch {epoch + 1}; stopped; {kept}; try a lower "
+                             "--lr")
 
 
 # --------------------------------------------------------------------------- entry points
