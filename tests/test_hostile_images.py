@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -62,3 +63,60 @@ def test_predict_classifies_in_batches_and_keeps_the_order(tmp_path: Path, monke
         assert alone.top[0][0] == batched[i].top[0][0]
         assert alone.top[0][1] == pytest.approx(batched[i].top[0][1], abs=1e-5)
     assert load_image(paths[0])[0].shape == (3, 32, 32)
+
+
+def jpeg_of_many_scans(scans: int, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A progressive JPEG with ``scans`` - 10 empty refinement scans appended: few bytes, many passes."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 10)).save(out, format="JPEG", progressive=True)
+    data = out.getvalue()
+    assert data.count(b"\xff\xda") == 10  # Pillow's progressive JPEG: ten scans
+    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"  # SOS: one component, spectral 0-63
+    return data[:-2] + empty_scan * (scans - 10) + data[-2:]
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    (tmp_path / "scans.jpg").write_bytes(jpeg_of_many_scans(5000))
+    (tmp_path / "photo.jpg").write_bytes(jpeg_of_many_scans(10))
+    result = run_cli("predict", "--weights", "seed", str(tmp_path / "photo.jpg"), str(tmp_path / "scans.jpg"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "photo.jpg: " in result.stdout and "(resized from 640x480 to 32x32)" in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"alexnet-cifar10: error: {tmp_path / 'scans.jpg'}: a 640x480 JPEG of 5000 scans; decoding is limited to 64 "
+        "scans and 268,435,456 pixels x scans"]
+
+
+def test_predict_walks_a_folder_as_data_folders_are_walked(tmp_path: Path) -> None:
+    """At most 16 levels down, hidden files and symlinked folders left out."""
+    from conftest import make_deep_tree, remove_deep_tree, run_cli
+
+    folder = tmp_path / "images"
+    (folder / "a" / "b").mkdir(parents=True)
+    (folder / "a" / "b" / "near.png").write_bytes(png((32, 32)))
+    (folder / ".hidden.png").write_bytes(png((32, 32)))
+    (folder / "loop").symlink_to(folder)
+    make_deep_tree(folder, 40)
+    deep = folder.joinpath(*["d"] * 40)
+    try:
+        (deep / "far.png").write_bytes(png((32, 32)))
+        result = run_cli("predict", "--weights", "seed", str(folder), "--json")
+        assert result.returncode == 0, result.stderr
+        assert [Path(r["path"]).name for r in json.loads(result.stdout)] == ["near.png"]
+    finally:
+        (deep / "far.png").unlink(missing_ok=True)
+        remove_deep_tree(folder, 40)
+
+
+def test_pillows_warnings_do_not_reach_stderr(tmp_path: Path) -> None:
+    """A palette PNG with byte transparency makes Pillow warn as it converts it; the image is still read, and
+    stderr stays clean."""
+    from conftest import run_cli
+
+    image = Image.new("P", (32, 32))
+    image.putpalette([i % 256 for i in range(768)])
+    image.save(tmp_path / "palette.png", format="PNG", transparency=bytes(range(256)))
+    result = run_cli("predict", "--weights", "seed", str(tmp_path / "palette.png"))
+    assert result.returncode == 0 and "palette.png: " in result.stdout
+    assert result.stderr == "", result.stderr

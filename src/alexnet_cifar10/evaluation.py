@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from alexnet_cifar10.config import check_tta_shift
 from alexnet_cifar10.data.formats import CLASSES
-from alexnet_cifar10.data.images import IMAGE_SUFFIXES, decode_image
+from alexnet_cifar10.data.images import IMAGE_SUFFIXES, decode_for_network
 from alexnet_cifar10.data.loader import ResidentLoader
+from alexnet_cifar10.data.sources import list_files
 from alexnet_cifar10.device import autocast
 from alexnet_cifar10.errors import DataError
+from alexnet_cifar10.io import read_regular
 
 PREDICT_BATCH = 256  # images classified at once by predict
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # the largest image file predict reads
@@ -138,11 +139,12 @@ class Prediction:
 
 
 def expand_inputs(paths: list[str | Path]) -> list[Path]:
-    """Files as given, and the image files inside any folder given (sorted)."""
+    """Files as given, and the image files inside any folder given (sorted), found as a data folder's are: at
+    most 16 levels down, symlinked folders and hidden files left out, at most 200,000 files."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            out += sorted(p / name for name in list_files(p) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
         else:
             out.append(p)
     return out
@@ -150,19 +152,8 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
 
 def load_image(path: Path) -> tuple[torch.Tensor, tuple[int, int] | None]:
     """An image as float 3 x 32 x 32 in [0, 1]; other sizes are resized (and say from what)."""
-    try:
-        if not path.is_file():  # a FIFO or device would block or never end
-            raise DataError(f"{path}: not a regular file")
-        if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise DataError(f"{path}: {path.stat().st_size} bytes; images of at most {MAX_IMAGE_BYTES} bytes are read")
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    array = decode_image(data, str(path), strict=False)
-    resized = None
-    if array.shape[:2] != (32, 32):
-        resized = (array.shape[1], array.shape[0])
-        array = np.asarray(Image.fromarray(array).resize((32, 32), Image.Resampling.BILINEAR))
+    data = read_regular(path, MAX_IMAGE_BYTES, DataError, "an image may be")
+    array, resized = decode_for_network(data, str(path))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255, resized
 
 
