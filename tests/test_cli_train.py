@@ -320,17 +320,6 @@ def test_bad_values_are_one_line_errors(command: str, bad: str, good: str | None
         assert main(argv(good)) == 0, capsys.readouterr().err
 
 
-def test_an_interrupted_default_download_is_resumed(tmp_path: Path) -> None:
-    from alexnet_cifar10.data import load_cifar10
-    from alexnet_cifar10.errors import DownloadError
-
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "cifar-10-python.tar.gz.part").write_bytes(b"partial")
-    with pytest.raises(DownloadError, match="cannot download http://127.0.0.1:9/"):  # the resume was attempted
-        load_cifar10(data, auto_download=True, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
-
-
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_every_recipe_is_valid_and_builds_its_model(recipe: str) -> None:
     config = make_config(recipe)

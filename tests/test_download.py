@@ -274,3 +274,18 @@ def test_a_file_under_the_archive_name_is_never_replaced(tmp_path: Path, server:
 def test_the_md5_must_be_hexadecimal(tmp_path: Path, url: str) -> None:
     with pytest.raises(DownloadError, match="32 hexadecimal digits"):
         download_archive(tmp_path, url, "not-an-md5", progress=False)
+
+
+def test_load_cifar10_resumes_an_interrupted_download(tmp_path: Path, server: HttpServer, url: str, md5: str,
+                                                      payload: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `train` meets with a .part left by an interrupted first run: the rest is asked for with a Range
+    request, the archive is complete and checked, and the data load."""
+    monkeypatch.setenv("ALEXNET_CIFAR10_MD5", md5)
+    data = tmp_path / "data"
+    data.mkdir()
+    half = len(payload) // 2
+    (data / f"{NAME}.part").write_bytes(payload[:half])
+    loaded = load_cifar10(data, val_size=0, auto_download=True, url=url, cache_dir=tmp_path / "cache")
+    assert server.state.ranges == [f"bytes={half}-"]
+    assert (data / NAME).read_bytes() == payload and not (data / f"{NAME}.part").exists()
+    assert len(loaded.train) > 0
