@@ -582,3 +582,15 @@ def test_an_output_stream_that_takes_nothing(case: Case, stdout: str, command: t
                 else "standard output is closed")
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("alexnet-cifar10: error: ") and expected in lines[0], lines
+
+
+def test_a_folder_of_the_users_own_files_with_run_file_names_is_not_a_run(case: Case, pixels: Pixels) -> None:
+    data = write_python(case.root / "data", {"train": pixels["train"]})
+    mine = case.root / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "notes"}')
+    (mine / "report.html").write_text("<p>my report</p>")
+    refused(run(case, "train", "--data", str(data), "--epochs", "1", "--out", str(mine)),
+            "holds config.json, report.html, not written by a training (no .lock)")
+    assert (mine / "config.json").read_text() == '{"my": "notes"}' and sorted(p.name for p in mine.iterdir()) == [
+        "config.json", "report.html"]

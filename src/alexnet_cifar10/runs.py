@@ -47,6 +47,10 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         if foreign:
             raise ConfigError(f"{run_dir} holds files that are not a run's ({foreign}); give --out a new or empty "
                               "folder")
+        named_like_a_run = [f for f in (*RUN_FILES, "tensorboard") if (run_dir / f).exists()]
+        if named_like_a_run and not (run_dir / LOCK_FILE).is_file():  # every folder a training used has one
+            raise ConfigError(f"{run_dir} holds {', '.join(named_like_a_run[:3])}, not written by a training (no "
+                              f"{LOCK_FILE}); give --out a new or empty folder")
 
 
 @contextmanager
