@@ -517,3 +517,22 @@ def test_train_never_writes_into_a_folder_of_other_files(tiny_png: Path, tmp_pat
     assert "notes.txt" in one_error_line(result)
     assert sorted(p.name for p in mine.iterdir()) == ["metrics.jsonl", "notes.txt"]
     assert (mine / "metrics.jsonl").read_text() == "mine too"
+
+
+def test_a_class_without_images_is_null_in_the_json_not_nan(trained_run: Path, tmp_path: Path) -> None:
+    from conftest import make_pixels, write_python
+
+    x, y = make_pixels(2, 1)
+    data = write_python(tmp_path / "no-trucks", {"train": make_pixels(6, 0), "test": (x[y != 9], y[y != 9])})
+    result = run_cli("evaluate", str(trained_run / "best.pt"), "--data", str(data), "--split", "test", "--json",
+                     "--val-size", "0")
+    assert result.returncode == 0, result.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    report = json.loads(result.stdout, parse_constant=refuse)
+    assert report["per_class"]["truck"] is None and report["per_class"]["airplane"] is not None
+    table = run_cli("evaluate", str(trained_run / "best.pt"), "--data", str(data), "--split", "test",
+                    "--val-size", "0")
+    assert any(line.split() == ["truck", "n/a", "0"] for line in table.stdout.splitlines()), table.stdout

@@ -35,10 +35,10 @@ class EvalResult:
     tta_shift: int = 0
 
     @property
-    def per_class(self) -> dict[str, float]:
+    def per_class(self) -> dict[str, float | None]:
+        """Accuracy per class; None for a class the split has no images of (JSON null, not NaN)."""
         totals = self.confusion.sum(axis=1)
-        return {c: float(self.confusion[i, i] / totals[i]) if totals[i] else float("nan")
-                for i, c in enumerate(self.classes)}
+        return {c: float(self.confusion[i, i] / totals[i]) if totals[i] else None for i, c in enumerate(self.classes)}
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -59,7 +59,7 @@ class EvalResult:
     def table(self) -> str:
         lines = [f"{'class':<12}{'accuracy':>10}{'images':>8}"]
         for (name, acc), n in zip(self.per_class.items(), self.confusion.sum(axis=1), strict=True):
-            lines.append(f"{name:<12}{100 * acc:>9.2f}%{int(n):>8}")
+            lines.append(f"{name:<12}{'n/a' if acc is None else f'{100 * acc:.2f}%':>10}{int(n):>8}")
         lines.append(f"{'all':<12}{100 * self.accuracy:>9.2f}%{int(self.confusion.sum()):>8}")
         return "\n".join(lines)
 

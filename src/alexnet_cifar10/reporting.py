@@ -102,7 +102,8 @@ def write_report(run_dir: Path, config: dict[str, Any], history: list[dict[str, 
     per_class = ""
     if result is not None:
         per_class = "".join(
-            f"<tr><td>{html.escape(c)}</td><td>{100 * a:.2f}%</td></tr>" for c, a in result.per_class.items()
+            f"<tr><td>{html.escape(c)}</td><td>{'n/a' if a is None else f'{100 * a:.2f}%'}</td></tr>"
+            for c, a in result.per_class.items()
         )
         per_class = (
             f"<h2>Final evaluation on the {html.escape(result.split)} split: "
