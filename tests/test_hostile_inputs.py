@@ -453,7 +453,7 @@ CONFIG_CASES = [("fifo", "not a regular file"), ("folder", "not a regular file b
                 ("huge", "8 GiB is larger than the 1 MiB a config file may be"),
                 ("unknown-key", "unknown setting 'epoch'; did you mean epochs?"),
                 ("deep", "JSON nested 100000 levels deep, more than the 32 allowed"),
-                ("huge-int", "JSON expected (Exceeds the limit (4300 digits)"), ("inf", "--lr must lie in (0, 100]"),
+                ("huge-int", "JSON expected ("), ("inf", "--lr must lie in (0, 100]"),
                 ("wrong-type", "config field lr must be float, got 'fast'"), ("yaml", "JSON expected"),
                 ("list", "holds a JSON list, not an object of settings"), ("long-key", "unknown setting 'kkkk"),
                 ("nested-value", "config field epochs must be int, got [[5]]")]
@@ -484,6 +484,13 @@ class _Reduces:
         return self.call
 
 
+class _WithState(_Reduces):
+    """Pickles as a call whose result BUILD then gives ``state``: how numpy's pickles set a dtype or array."""
+
+    def __init__(self, function: object, args: tuple, state: object) -> None:
+        self.call = (function, args, state)
+
+
 def _reconstruct() -> object:
     try:
         from numpy._core.multiarray import _reconstruct as reconstruct
@@ -497,6 +504,10 @@ def _reconstruct() -> object:
      "asks for an array of 9.3 GiB in a stream of"),
     (lambda: _Reduces(_reconstruct(), np.ndarray, (1,), _Reduces(np.dtype, "V2000000000")), "refused"),
     (lambda: _Reduces(_reconstruct(), np.ndarray, (3, 3072), _Reduces(np.dtype, "O")), "an array of object"),
+    # a plain dtype whose BUILD state sets the flags of a dtype of Python objects, for an array of raw bytes
+    (lambda: _WithState(_reconstruct(), (np.ndarray, (0,), b"b"), (1, (2,), _WithState(
+        np.dtype, ("V8", False, True), (3, "|", None, None, None, 8, 1, 63)), False, [b"a", b"b"])),
+     "with a state that a CIFAR-10 batch never holds"),
 ])
 def test_a_pickled_batch_that_asks_for_more_memory_than_it_holds(case: Case, pixels: Pixels, array,  # noqa: ANN001
                                                                  needle: str) -> None:
@@ -578,7 +589,7 @@ def test_an_output_stream_that_takes_nothing(case: Case, stdout: str, command: t
         result = subprocess.run(cli, cwd=case.cwd, env=case.env(), stdout=sink, stderr=subprocess.PIPE, text=True,
                                 timeout=LIMIT_S)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "Exception" not in result.stderr
-    expected = ("cannot write to standard output: No space left on device" if stdout == "full"
+    expected = ("No space left on device" if stdout == "full"
                 else "standard output is closed")
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("alexnet-cifar10: error: ") and expected in lines[0], lines

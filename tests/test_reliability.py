@@ -150,8 +150,8 @@ def test_sigkill_then_resume_keeps_the_optimizer_and_averages_bit_identical(extr
 def test_non_finite_loss_stops_with_a_clear_message(tiny_png: Path, tmp_path: Path, checkpoint_every: str) -> None:
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "alexnet_cifar10", "train", "--data", str(tiny_png), "--out",
-                           str(run), *FLAGS, "--optimizer", "sgd", "--lr", "100", "--checkpoint-every",
-                           checkpoint_every], capture_output=True, text=True, timeout=300)
+                           str(run), *FLAGS, "--optimizer", "sgd", "--lr", "100", "--precision", "fp32",
+                           "--checkpoint-every", checkpoint_every], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "NaN or infinite in epoch 1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     if checkpoint_every == "1":  # the message names it, and it is still a loadable one

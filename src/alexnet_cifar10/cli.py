@@ -38,6 +38,7 @@ def load_data(args: argparse.Namespace, progress: bool = False):  # noqa: ANN201
     """The data set that the data flags (add_data_flags) name."""
     from alexnet_cifar10.data import load_cifar10
 
+    check_flags(args, "val_size", "split_seed")
     return load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
                         url=args.url, progress=progress)
 
@@ -183,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from alexnet_cifar10 import reporting
     from alexnet_cifar10.evaluation import evaluate
 
-    check_flags(args, "batch_size", "tta_shift", "val_size", "split_seed")
+    check_flags(args, "batch_size", "tta_shift", "val_size", "split_seed")  # before the checkpoint loads
     if args.out:
         claim_evaluation_dir(Path(args.out))  # fail on a bad --out before the work
     model, state, device = _load_for_eval(args)
@@ -238,7 +239,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.device import precision_choice, select_device, set_threads
     from alexnet_cifar10.models import create_model
 
-    check_flags(args, "steps", "repeats", "batch_size", "threads", "val_size", "split_seed")
+    check_flags(args, "steps", "repeats", "batch_size", "threads")
     if args.json and not Path(args.json).parent.is_dir():
         raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     create_model(args.model)  # an unknown name fails here, before the data loads
@@ -293,17 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: standard output is closed; give the command somewhere to write", file=sys.stderr)
         return 1
     try:
-        try:
-            code = run_command(argv)
-        finally:  # what is still buffered is written now, where a failure can be reported
-            sys.stdout.flush()
+        code = run_command(argv)
+        sys.stdout.flush()  # what is still buffered is written now, where a failure can be reported
     except BrokenPipeError:  # the reader of stdout stopped early (`... | head`): it has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 141  # as a shell reports a command ended by SIGPIPE
-    except OSError as e:
-        if getattr(e, "filename", None):  # a file of the command's, not the output stream
-            print(f"{PROG}: error: {e.filename} {e.strerror or e}", file=sys.stderr)
-            return 1
+    except OSError as e:  # only the flush above: run_command reports its own
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"{PROG}: error: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -327,3 +323,9 @@ def run_command(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted after {time.perf_counter() - start:.0f} s", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # main's: the reader of stdout stopped early
+    except OSError as e:  # a write that failed (a full disk), a stdout that takes nothing
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"{PROG}: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 1

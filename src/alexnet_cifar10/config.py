@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from alexnet_cifar10.errors import ConfigError, shortened
+from alexnet_cifar10.errors import ConfigError, shown
 from alexnet_cifar10.io import read_json
 
 DEFAULT_DATA = "data"  # the folder a plain `train` reads, and downloads into when it is absent
@@ -47,13 +47,6 @@ class Bounds:
 
 TTA_SHIFT_BOUNDS = Bounds(0, 8)  # pixels
 SEED_BOUNDS = Bounds(0, 2**32 - 1)  # numpy's seed range; torch's generators take it with room for the per-step mix
-
-
-def shown(value: Any) -> str:
-    """A value as a message may quote it: a number of any size in a few characters."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"a {'-' if value < 0 else ''}number of about {int(value.bit_length() * math.log10(2))} digits"
-    return shortened(repr(value), 40)
 
 
 def check_bounds(name: str, value: float, bounds: Bounds) -> None:
@@ -224,7 +217,7 @@ def make_config(recipe: str = "seed", **overrides: Any) -> Config:
 
 # what a run's config.json records beside its settings: where and how the run was made, what it costs
 PROVENANCE = ("version", "git_commit", "torch", "device_name", "world_size", "precision_choice")
-RUN_RECORD = (*PROVENANCE, "resumes", "training_pflop")
+RUN_RECORD = (*PROVENANCE, "resumes", "training_pflop", "training_images")  # the last: --print-config's
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is ~2 KB, and each resume adds ~300 bytes
 
 

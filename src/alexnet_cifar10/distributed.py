@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from alexnet_cifar10.config import Bounds, shown
-from alexnet_cifar10.errors import ConfigError, TrainingError, first_line
+from alexnet_cifar10.config import Bounds
+from alexnet_cifar10.errors import ConfigError, TrainingError, first_line, shown
 from alexnet_cifar10.models import batch_norms
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import struct
 import zipfile
@@ -32,6 +33,13 @@ def shortened(text: object, limit: int = 80) -> str:
         return text
     keep = (limit - 3) // 2
     return text[:keep] + "..." + text[len(text) - (limit - 3 - keep):]
+
+
+def shown(value: object) -> str:
+    """A value as a message may quote it: a number of any size in a few characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {'-' if value < 0 else ''}number of about {int(value.bit_length() * math.log10(2))} digits"
+    return shortened(repr(value), 40)
 
 
 class AlexNetCifarError(Exception):

@@ -144,7 +144,8 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(p / name for name in list_files(p) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+            names = list_files(p, "give predict a smaller folder")
+            out += sorted(p / name for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
         else:
             out.append(p)
     return out

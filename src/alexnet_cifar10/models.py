@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet_cifar10.errors import ConfigError, shortened
+from alexnet_cifar10.errors import ConfigError, shown
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -255,16 +255,16 @@ def model_settings(name: str, overrides: Mapping[str, object] | None = None) -> 
     for key, value in settings.items():
         rule = SETTINGS.get(key) if isinstance(key, str) else None
         if rule is None:
-            raise ConfigError(f"model {name} has no setting {shortened(repr(key), 40)} (models.SETTINGS lists those "
+            raise ConfigError(f"model {name} has no setting {shown(key)} (models.SETTINGS lists those "
                               "it has)")
         if not rule[0](value):
-            raise ConfigError(f"model setting {key}={shortened(repr(value), 40)} is not {rule[1]}")
+            raise ConfigError(f"model setting {key}={shown(value)} is not {rule[1]}")
     full = {**_DEFAULTS, **settings}
     convs, pool_after, (kernel, stride), padding = full["convs"], full["pool_after"], full["pool"], full["pool_padding"]
     if padding > kernel // 2:
         raise ConfigError(f"model setting pool_padding={padding} is more than half the pool kernel {kernel}")
     if any(i >= len(convs) for i in pool_after):
-        raise ConfigError(f"model setting pool_after={shortened(repr(pool_after), 40)} names a convolution beyond the "
+        raise ConfigError(f"model setting pool_after={shown(pool_after)} names a convolution beyond the "
                           f"{len(convs)} there are")
     side = full["input_size"]
     for i, (_, k, s) in enumerate(convs):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,34 +66,44 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def ship(run_dir: Path, name: str, data: Cifar10, out_dir: Path | None = None) -> dict[str, Any]:
-    """Write ``run_dir``'s best.pt as the shipped weights ``name`` into ``out_dir`` (the package's weights/)."""
+    """Write ``run_dir``'s best.pt as the shipped weights ``name`` into ``out_dir`` (the package's weights/).
+    Both files are written beside the old ones and replace them only once everything is checked, so a failed
+    ship leaves the shipped weights as they were."""
     out_dir = out_dir or pretrained.WEIGHTS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     run = read_run(run_dir)
+    if data.val is None or len(data.val) == 0:
+        raise ConfigError("the data has no validation split to check the weights on (the run's --val-size is 0)")
     state = trained_state(run_dir / "best.pt")
     full = model_from_state(state)
-    target = out_dir / f"{name}.safetensors"
-    save_safetensors({**state, "model": full.state_dict(), "model_name": current_name(state["model_name"]),
-                      "config": shipped_config(state.get("config") or load_config(run_dir / "config.json")
-                                               .to_dict())}, target, half=True)
-    if target.stat().st_size > MAX_BYTES:
-        raise ConfigError(f"{target} is {target.stat().st_size} bytes, over the {MAX_BYTES} a shipped file may take")
-    half = model_from_state(load_checkpoint(target))
-    val = data.split("val")
-    check = check_indices(val.labels)
-    info = {
-        "name": name, "recipe": run.get("recipe"), "model": current_name(state["model_name"]),
-        "commit": run["git_commit"],
-        "training_data": {"source": Path(str(data.source)).name, "train_images": len(data.train),
-                          "val_images": len(val), "split_seed": run.get("split_seed")},
-        "val_accuracy": accuracies(half, data, run),
-        "val_accuracy_float32": accuracies(full, data, run),
-        "check_images": check,
-        "check_predictions_float32": "".join(map(str, evaluate(full, val.images[check], val.labels[check])
-                                                 .predictions.tolist())),
-        "dtype": "float16", "bytes": target.stat().st_size, "sha256": pretrained.sha256(target),
-    }
-    atomic_write_text(out_dir / f"{name}.json", json.dumps(info, indent=2) + "\n")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ship-") as tmp:
+            staged = Path(tmp) / f"{name}.safetensors"
+            save_safetensors({**state, "model": full.state_dict(), "model_name": current_name(state["model_name"]),
+                              "config": shipped_config(state.get("config") or run)}, staged, half=True)
+            if staged.stat().st_size > MAX_BYTES:
+                raise ConfigError(f"{name}.safetensors would be {staged.stat().st_size} bytes, over the {MAX_BYTES} "
+                                  "a shipped file may take")
+            half = model_from_state(load_checkpoint(staged))
+            val = data.split("val")
+            check = check_indices(val.labels)
+            info = {
+                "name": name, "recipe": run.get("recipe"), "model": current_name(state["model_name"]),
+                "commit": run["git_commit"],
+                "training_data": {"source": Path(str(data.source)).name, "train_images": len(data.train),
+                                  "val_images": len(val), "split_seed": run.get("split_seed")},
+                "val_accuracy": accuracies(half, data, run),
+                "val_accuracy_float32": accuracies(full, data, run),
+                "check_images": check,
+                "check_predictions_float32": "".join(map(str, evaluate(full, val.images[check], val.labels[check])
+                                                         .predictions.tolist())),
+                "dtype": "float16", "bytes": staged.stat().st_size, "sha256": pretrained.sha256(staged),
+            }
+            atomic_write_text(Path(tmp) / f"{name}.json", json.dumps(info, indent=2) + "\n")
+            os.replace(staged, out_dir / staged.name)  # the JSON last: a reader checks the file against it
+            os.replace(Path(tmp) / f"{name}.json", out_dir / f"{name}.json")
+    except OSError as e:
+        raise ConfigError(f"cannot write shipped weights into {out_dir}: {e.strerror or e}") from None
     return info
 
 

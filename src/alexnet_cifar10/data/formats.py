@@ -86,10 +86,14 @@ class Refused(pickle.UnpicklingError):
     """A pickle that asks for what a CIFAR-10 batch never needs: code to run, or memory its bytes do not back."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD step can be checked
     """Builds only plain containers, bytes/str/int and numpy arrays of plain numbers; anything else is refused.
     An array may not set aside more memory than the stream has bytes: numpy's pickles carry an array's data
-    in the stream, so a larger one is a crafted stream asking for memory it does not back."""
+    in the stream, so a larger one is a crafted stream asking for memory it does not back. The state that
+    BUILD gives a dtype or an array is checked before numpy applies it (a crafted state can turn a dtype
+    into one of Python objects, which numpy then reads from raw bytes)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -131,6 +135,24 @@ class RestrictedUnpickler(pickle.Unpickler):
             return reconstruct(subtype, shape, dtype)
 
         return build
+
+    def load_build(self) -> None:
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):
+            plain = (isinstance(state, tuple) and len(state) == 8 and state[2:5] == (None, None, None)
+                     and state[5] in (-1, inst.itemsize) and state[7] == 0)
+        elif isinstance(inst, np.ndarray):
+            plain = (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)
+                     and not state[2].hasobject and isinstance(state[1], tuple)
+                     and all(isinstance(d, int) and d >= 0 for d in state[1]) and isinstance(state[4], bytes)
+                     and len(state[4]) == math.prod(state[1]) * state[2].itemsize)
+        else:
+            plain = False
+        if not plain:
+            raise Refused(f"refused: a {type(inst).__name__} with a state that a CIFAR-10 batch never holds")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 # What unpickling a damaged or crafted batch raises: the unpickler's own errors (a cut stream, a bad opcode, a

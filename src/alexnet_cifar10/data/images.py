@@ -22,8 +22,15 @@ MAX_IMAGE_SIDE = 4096  # pixels a side of an image given to predict, checked bef
 # OSErrors, SyntaxError from header parsers, struct.error from cut chunks, DecompressionBombError, and the
 # plain errors of code that meets values it did not expect.
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, struct.error, TypeError, IndexError, KeyError, EOFError,
-                 AttributeError, ZeroDivisionError, OverflowError, RuntimeError, Image.DecompressionBombError)
+                 AttributeError, ZeroDivisionError, OverflowError, RuntimeError, Image.DecompressionBombError,
+                 Image.DecompressionBombWarning)
 
+
+# Pillow's warnings never reach stderr as raw lines: its notes on odd but readable files are dropped (the image is
+# used), and its decompression-bomb warning is raised, so that it ends as one of our errors. Set once, for the
+# process: images are decoded on several threads, and warnings.catch_warnings is not thread-safe.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 # A JPEG's decoding cost is its pixels times its scans (a progressive JPEG refines the whole image once per scan),
 # not its size in bytes: a few kilobytes can hold thousands of scans. Photos have 1 (baseline) to about 12.
@@ -46,10 +53,7 @@ def opened(data: bytes, where: str) -> Iterator[Image.Image]:
                 if scans > MAX_JPEG_SCANS or scans * width * height > MAX_DECODE_WORK:
                     raise DataError(f"{where}: a {width}x{height} JPEG of {scans} scans; decoding is limited to "
                                     f"{MAX_JPEG_SCANS} scans and {MAX_DECODE_WORK:,} pixels x scans")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Pillow's notes on odd but readable files: the image is used
-                warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error of ours, not a raw line
-                yield img
+            yield img
     except _IMAGE_ERRORS as e:
         detail = "" if isinstance(e, UnidentifiedImageError) else f" ({str(e)[:160]})"  # its text names a BytesIO
         raise DataError(f"{where}: not a readable PNG or JPEG image{detail}") from None

@@ -58,7 +58,7 @@ class Source:
         return f"{self.label}:{name}" if self.label.endswith(ARCHIVE_SUFFIXES) else str(Path(self.label) / name)
 
 
-def list_files(root: Path) -> list[str]:
+def list_files(root: Path, hint: str = "pass --data the CIFAR-10 folder itself") -> list[str]:
     """The files below ``root`` as posix names relative to it, as ``os.walk`` finds them (symlinked folders are
     not entered), without hidden files and folders, at most ``MAX_DEPTH`` folders down and at most ``MAX_FILES``
     of them. Names keep undecodable bytes as surrogate escapes, so that each one can be opened."""
@@ -87,8 +87,7 @@ def list_files(root: Path) -> list[str]:
                 continue
             names.append(name)
             if len(names) > MAX_FILES:
-                raise DataError(f"{root}: more than {MAX_FILES:,} files (CIFAR-10 has 60,000 images); pass --data "
-                                "the CIFAR-10 folder itself")
+                raise DataError(f"{root}: more than {MAX_FILES:,} files (CIFAR-10 has 60,000 images); {hint}")
     return names
 
 
