@@ -231,9 +231,19 @@ def config_from_file(path: Path, **overrides: Any) -> Config:
 def load_config(path: Path) -> Config:
     """The Config in a JSON file: a run's config.json (whose record of where the run was made is skipped) or a
     file of settings a user wrote. A key that is neither is an error naming the nearest setting."""
+    return config_of_record(read_record(path), path)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The JSON object of a config file, read within its limits; its settings are not checked yet."""
     values = read_json(Path(path), MAX_CONFIG_BYTES, ConfigError, "a config file may be")
     if not isinstance(values, dict):
         raise ConfigError(f"config {path} holds a JSON {type(values).__name__}, not an object of settings")
+    return values
+
+
+def config_of_record(values: dict[str, Any], path: Path) -> Config:
+    """The checked Config of a config file's JSON object (``path`` names it in errors)."""
     names = [f.name for f in fields(Config)]
     for key in values:
         if key not in names and key not in RUN_RECORD:

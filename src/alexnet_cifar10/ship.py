@@ -23,11 +23,11 @@ import torch
 
 from alexnet_cifar10 import pretrained
 from alexnet_cifar10.checkpoint import load_checkpoint, model_from_state, save_safetensors, trained_state
-from alexnet_cifar10.config import MAX_CONFIG_BYTES, load_config
+from alexnet_cifar10.config import config_of_record, read_record
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.evaluation import evaluate
-from alexnet_cifar10.io import atomic_write_text, read_json
+from alexnet_cifar10.io import atomic_write_text
 from alexnet_cifar10.models import current_name
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -60,9 +60,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     missing = [f for f in ("best.pt", "config.json") if not (run_dir / f).is_file()]
     if missing:
         raise ConfigError(f"{run_dir}: not a finished run (no {' or '.join(missing)})")
-    config = load_config(run_dir / "config.json").to_dict()
-    record = read_json(run_dir / "config.json", MAX_CONFIG_BYTES, ConfigError, "a config file may be")
-    return {**config, "git_commit": record.get("git_commit")}
+    record = read_record(run_dir / "config.json")
+    return {**config_of_record(record, run_dir / "config.json").to_dict(), "git_commit": record.get("git_commit")}
 
 
 def ship(run_dir: Path, name: str, data: Cifar10, out_dir: Path | None = None) -> dict[str, Any]:

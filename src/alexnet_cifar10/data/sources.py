@@ -34,6 +34,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MAX_FILE_BYTES = 64 << 20  # one file or archive member: twice CIFAR-10's largest
 MAX_TOTAL_BYTES = 1 << 30  # all that is read from one source (for an archive, its decompressed stream): 6x CIFAR-10
 MAX_FILES = 200_000  # files (and folders) in one source: over three times CIFAR-10's 60,000 images
+FILE_LIMIT_TEXT = "a data file may be (CIFAR-10's largest is 31 MB)"  # ends the message of a file over the limit
 MAX_DEPTH = 16  # folder levels walked below a data folder; the layouts lie at most 3 levels down
 
 
@@ -108,13 +109,12 @@ class _Budget:
 
 
 def _too_large(where: str, size: int) -> DataError:
-    return DataError(f"{where}: {size_text(size)} is larger than the {size_text(MAX_FILE_BYTES)} a data file may be "
-                     "(CIFAR-10's largest is 31 MB)")
+    return DataError(f"{where}: {size_text(size)} is larger than the {size_text(MAX_FILE_BYTES)} {FILE_LIMIT_TEXT}")
 
 
 def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of ``path``, at most ``limit`` of them, read only when it is a regular file."""
-    return read_regular(path, limit, DataError, "a data file may be (CIFAR-10's largest is 31 MB)")
+    return read_regular(path, limit, DataError, FILE_LIMIT_TEXT)
 
 
 def directory_source(root: Path) -> Source:
@@ -180,7 +180,7 @@ class _BoundedStream:
     def read(self, size: int = -1) -> bytes:
         if size < 0 or size > MAX_FILE_BYTES + tarfile.BLOCKSIZE:
             raise DataError(f"{self.archive}: an archive member or header is larger than the "
-                            f"{size_text(MAX_FILE_BYTES)} a data file may be (CIFAR-10's largest is 31 MB)")
+                            f"{size_text(MAX_FILE_BYTES)} {FILE_LIMIT_TEXT}")
         if self.inner.tell() + size > MAX_TOTAL_BYTES:
             raise self._past_total()
         return self.inner.read(size)
