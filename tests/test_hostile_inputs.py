@@ -12,11 +12,14 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -605,3 +608,131 @@ def test_a_folder_of_the_users_own_files_with_run_file_names_is_not_a_run(case: 
             "holds config.json, report.html, not written by a training (no .lock)")
     assert (mine / "config.json").read_text() == '{"my": "notes"}' and sorted(p.name for p in mine.iterdir()) == [
         "config.json", "report.html"]
+
+
+def _not_a_file(path: Path, kind: str) -> Callable[[], bool]:
+    """Make ``kind`` at ``path`` (a FIFO, a character device, a link to one, a folder); returns the check that
+    it is still there as it was."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return lambda: stat.S_ISFIFO(path.lstat().st_mode)
+    if kind == "device":
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # what /dev/null is
+        except PermissionError:
+            pytest.skip("making a device needs root")
+        return lambda: stat.S_ISCHR(path.lstat().st_mode)
+    if kind == "link-to-device":
+        path.symlink_to(os.devnull)
+        return lambda: path.is_symlink() and stat.S_ISCHR(Path(os.devnull).stat().st_mode)
+    path.mkdir()
+    (path / "mine.txt").write_text("mine")
+    return lambda: (path / "mine.txt").read_text() == "mine"
+
+
+KINDS = {"fifo": "is a FIFO, not a regular file", "device": "is a character device, not a regular file",
+         "link-to-device": "is a link to a character device, not a regular file", "folder": "is a folder"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, pixels: Pixels) -> Path:
+    """A finished one-epoch run of the tiny network, made by the CLI (its .lock included)."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = write_python(root / "data", {"train": pixels["train"]})
+    result = subprocess.run([sys.executable, "-m", "alexnet_cifar10", "train", "--data", str(data), "--val-size", "10",
+                             "--epochs", "1", "--model", "alexnet_tiny", "--batch-size", "16", "--no-progress",
+                             "--device", "cpu", "--out", str(root / "run")],
+                            env={**os.environ, "ALEXNET_CIFAR10_CACHE": str(root / "cache")}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("command", ["benchmark --json", "evaluate --out", "export --out", "train --resume"])
+def test_what_is_not_a_regular_file_is_never_replaced_by_one(case: Case, pixels: Pixels, tiny_run: Path, kind: str,
+                                                             command: str) -> None:
+    """Every path the tool writes: a FIFO, a device (as root, replacing one would replace a system device), a
+    link to one, or a folder at the path is refused, before any work, and left as it was."""
+    checkpoint = case.root / "tiny.pt"
+    torch.save(tiny_state(), checkpoint)
+    data = write_python(case.root / "data", {"test": pixels["test"]})
+    if command == "benchmark --json":
+        target = case.root / "bench.json"
+        args = ("benchmark", "--data", str(data), "--model", "alexnet_tiny", "--device", "cpu", "--json", str(target))
+    elif command == "evaluate --out":
+        (case.root / "eval").mkdir()
+        target = case.root / "eval" / "result.json"
+        args = ("evaluate", str(checkpoint), "--data", str(data), "--device", "cpu", "--out", str(case.root / "eval"))
+    elif command == "export --out":
+        target = case.root / "model.onnx"
+        args = ("export", str(checkpoint), "--format", "onnx", "--out", str(target))
+    else:  # a run folder a training made, with something else where its plot goes
+        run_dir = case.root / "run"
+        shutil.copytree(tiny_run, run_dir)
+        target = run_dir / "curves.png"
+        target.unlink()
+        args = ("train", "--resume", str(run_dir), "--epochs", "2")
+    unchanged = _not_a_file(target, kind)
+    refused(run(case, *args), str(target), KINDS[kind])
+    assert unchanged()
+    assert not [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_files_written_follow_the_umask_and_keep_the_mode_they_had(tmp_path: Path) -> None:
+    """As open() would: a new file under umask 027 is 0640 (not mkstemp's 0600); a replaced file keeps its
+    mode."""
+    from alexnet_cifar10.io import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o640
+    (tmp_path / "kept.json").write_text("old")
+    (tmp_path / "kept.json").chmod(0o604)
+    atomic_write_text(tmp_path / "kept.json", "new")
+    assert stat.S_IMODE((tmp_path / "kept.json").stat().st_mode) == 0o604
+    assert (tmp_path / "kept.json").read_text() == "new"
+
+
+def test_a_cache_write_of_a_killed_process_is_cleaned_up(case: Case, pixels: Pixels) -> None:
+    """A temporary file that a SIGKILLed cache write left (untouched for longer than any write takes) is
+    removed by the next run; one of a write under way (fresh) is left to its writer."""
+    from alexnet_cifar10.data.cache import STALE_TEMP_SECONDS
+
+    data = write_python(case.root / "data", {"train": pixels["train"]})
+    tolerated(data_info(case, data))
+    (cache_file,) = case.cache.glob("*.pt")
+    dead = case.cache / f".{cache_file.name}.k1ll3d.tmp"
+    live = case.cache / f".{cache_file.name}.wr1t1n.tmp"
+    for tmp in (dead, live):
+        tmp.write_bytes(cache_file.read_bytes()[:1000])
+    os.utime(dead, (time.time() - STALE_TEMP_SECONDS - 5,) * 2)
+    tolerated(data_info(case, data))
+    assert not dead.exists() and live.exists()
+
+
+def test_a_write_interrupted_by_sigterm_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """SIGTERM arriving in the middle of a write (the write sends it to this process after its first bytes)
+    unwinds it as Ctrl-C does: the old file stays whole, no temporary file is left."""
+    from alexnet_cifar10.cli import terminate_as_interrupt
+    from alexnet_cifar10.io import atomic_write
+
+    target = tmp_path / "result.json"
+    target.write_text("old")
+    writes = []
+
+    def write(f: io.BufferedWriter) -> None:
+        f.write(b"new, half")
+        writes.append(sorted(p.name for p in tmp_path.iterdir()))  # the temporary file is there now
+        os.kill(os.getpid(), signal.SIGTERM)
+        f.write(b" and the rest")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="terminated"), terminate_as_interrupt():
+        atomic_write(target, write)
+    assert len(writes[0]) == 2 and writes[0][0].startswith(".result.json.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"] and target.read_text() == "old"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only

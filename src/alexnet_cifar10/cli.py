@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 from alexnet_cifar10.arguments import PROG, build_parser
 from alexnet_cifar10.config import Bounds, Config, bounds_of, check_bounds, config_from_file, make_config
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
-from alexnet_cifar10.io import atomic_write_text, foreign_files
+from alexnet_cifar10.io import atomic_write_text, check_replaceable, foreign_files
 
 
 def weights_of(args: argparse.Namespace) -> str:
@@ -168,6 +172,7 @@ EVALUATION_FILES = ("result.json", "confusion.png", "samples.png")  # what evalu
 def claim_evaluation_dir(out: Path) -> None:
     """Create ``out``, or accept it when it is empty or holds an earlier evaluation (which this one replaces):
     a run folder's plots and a user's own files are never written over."""
+    check_replaceable(out, EVALUATION_FILES, ConfigError)
     try:
         out.mkdir(parents=True, exist_ok=True)
         foreign = foreign_files(out, EVALUATION_FILES)
@@ -242,6 +247,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     check_flags(args, "steps", "repeats", "batch_size", "threads")
     if args.json and not Path(args.json).parent.is_dir():
         raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
+    if args.json:  # a FIFO or a device there is refused now, not after the measurement
+        check_replaceable(Path(args.json).parent, [Path(args.json).name], ConfigError)
     create_model(args.model)  # an unknown name fails here, before the data loads
     device = select_device(args.device)
     set_threads(args.threads)
@@ -306,6 +313,23 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds the command as Ctrl-C does, so that the writes under way remove their temporary files
+    (the training loop's own handler turns both into a checkpoint instead)."""
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt("terminated")
+
+    if threading.current_thread() is not threading.main_thread():  # a notebook's worker: no signal handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -316,16 +340,18 @@ def run_command(argv: list[str] | None) -> int:
     command = COMMANDS[(args.command, getattr(args, "data_command", None))]
     start = time.perf_counter()
     try:
-        return command(args)
+        with terminate_as_interrupt():
+            return command(args)
     except AlexNetCifarError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted after {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{PROG}: {e.args[0] if e.args else 'interrupted'} after {time.perf_counter() - start:.0f} s",
+              file=sys.stderr)
+        return 143 if e.args else 130
     except BrokenPipeError:
         raise  # main's: the reader of stdout stopped early
     except OSError as e:  # a write that failed (a full disk), a stdout that takes nothing
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        where = f" {e.filename}:" if getattr(e, "filename", None) else ""
         print(f"{PROG}: error:{where} {e.strerror or e}", file=sys.stderr)
         return 1

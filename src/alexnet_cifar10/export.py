@@ -18,7 +18,7 @@ from torch import nn
 from alexnet_cifar10.checkpoint import model_from_state, require, save_safetensors, trained_state
 from alexnet_cifar10.config import EXPORT_FORMATS
 from alexnet_cifar10.errors import ConfigError
-from alexnet_cifar10.io import atomic_write
+from alexnet_cifar10.io import atomic_write, check_replaceable
 
 FORMATS = EXPORT_FORMATS
 
@@ -86,8 +86,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     out = Path(out)
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name")
+    check_replaceable(out.parent, [out.name], ConfigError)  # a FIFO, a device, a folder: named for what it is
     if os.path.lexists(out):  # never over a file of the user's, the checkpoint included; nor through a link
         raise ConfigError(f"--out {out} already exists; remove it or give another file name")
     state = trained_state(checkpoint)

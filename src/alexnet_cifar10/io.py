@@ -4,10 +4,13 @@ only, within a size limit (a FIFO or a device is refused without blocking on it)
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -74,11 +77,57 @@ def read_json(path: Path, limit: int, error: type[Exception], what: str) -> Any:
         raise error(f"{path}: JSON expected ({reason})") from None
 
 
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it to read it back races with
+    threads that create files meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path) -> int:
+    """The permission bits a write of ``path`` gives the file: those of the regular file it replaces, else what
+    ``open()`` would give under the umask. Anything at ``path`` that is not a regular file (a device, a FIFO, a
+    folder; a link to one) is ``OSError`` naming it: it is never replaced by a file."""
+    try:
+        st = os.stat(path)  # follows a link: a link to a device is refused like the device
+    except FileNotFoundError:
+        return 0o666 & ~_umask()  # nothing there, or a dangling link, which the write replaces
+    if stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode)
+    kind = next((name for test, name in FILE_KINDS if test(st.st_mode)), "not a regular file")
+    link = "a link to " if path.is_symlink() else ""
+    raise OSError(errno.EEXIST, f"is {link}{kind}, not a regular file; give the path of a file to write", str(path))
+
+
+def check_replaceable(folder: Path, names: Collection[str], error: type[Exception]) -> None:
+    """``error`` in one line when any of ``names`` in ``folder`` is there but is not a regular file: found
+    before a command's work, not when it writes its results."""
+    for name in names:
+        try:
+            new_file_mode(folder / name)
+        except OSError as e:
+            raise error(f"{e.filename}: {e.strerror}") from None
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` so that a reader sees either the old file or the complete new one."""
+    """Write ``path`` so that a reader sees either the old file or the complete new one. Only a regular file (or
+    a link, which is replaced, never written through) is ever replaced; the new file keeps the old one's mode."""
     path = Path(path)
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -102,6 +151,18 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_temps(path: Path, older_than: float) -> None:
+    """Remove what ``atomic_write`` of ``path`` left behind when its process was killed: the temporary files
+    untouched for ``older_than`` seconds (0 where a lock shows that no other writer can be at work)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - tmp.lstat().st_mtime >= older_than:
+                tmp.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
 
 
 def foreign_files(folder: Path, own: Collection[str]) -> str:

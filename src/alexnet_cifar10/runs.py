@@ -17,7 +17,7 @@ import torch
 from alexnet_cifar10 import __version__
 from alexnet_cifar10.config import MAX_CONFIG_BYTES, PROVENANCE, Config, flag, load_config
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
-from alexnet_cifar10.io import atomic_write_text, foreign_files, read_json
+from alexnet_cifar10.io import atomic_write_text, check_replaceable, foreign_files, read_json, remove_stale_temps
 
 try:
     import fcntl
@@ -37,7 +37,9 @@ def run_dir_of(config: Config) -> Path:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse a folder that holds a finished or stopped run (unless resuming it) or files that are not a run's."""
+    """Refuse a folder that holds a finished or stopped run (unless resuming it), files that are not a run's, or
+    a run file that is not a regular file (a FIFO, a device: never replaced by the run's own)."""
+    check_replaceable(run_dir, RUN_FILES, ConfigError)
     if not resume and (run_dir / "last.pt").exists():
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out/--name"
@@ -74,8 +76,7 @@ def claimed(run_dir: Path, resume: bool) -> Iterator[Path]:
                                   "for it to end or pick another --out/--name") from None
         check_run_dir(run_dir, resume)  # a run that finished between the first check and the lock
         for name in RUN_FILES:
-            for stale in run_dir.glob(f".{name}.*.tmp"):
-                stale.unlink()
+            remove_stale_temps(run_dir / name, older_than=0)  # the lock is ours: no other writer is at work
         yield run_dir
     finally:
         os.close(fd)  # releases the lock

@@ -18,13 +18,14 @@ import torch
 from alexnet_cifar10.data.formats import CLASSES, SPLIT_NAMES, Decoded
 from alexnet_cifar10.data.sources import MAX_TOTAL_BYTES, list_files
 from alexnet_cifar10.errors import TORCH_LOAD_ERRORS, printable, write_failure
-from alexnet_cifar10.io import atomic_write
+from alexnet_cifar10.io import atomic_write, remove_stale_temps
 
 # 2: cut plain .tar files are refused; a cache decoded from one must not be reused
 # 3: the cache holds its key and a sha256 of its tensors; the key covers the files that are read, by raw name
 CACHE_VERSION = 3
 FORMATS = ("python", "binary", "imagefolder")
 MAX_IMAGES = MAX_TOTAL_BYTES // (3 * 32 * 32)  # more than any source within the read limits decodes to
+STALE_TEMP_SECONDS = 600  # a cache write's temporary file untouched this long belongs to a killed process
 
 
 def default_cache_dir() -> Path:
@@ -111,6 +112,8 @@ def _checked_splits(blob: dict) -> Decoded | str:
 
 def load_cache(path: Path) -> tuple[str, Decoded] | None:
     """The cached (format, splits), or None when absent, stale or not to be trusted (then it is rebuilt)."""
+    if path.parent.is_dir():
+        remove_stale_temps(path, older_than=STALE_TEMP_SECONDS)  # a write of a process that was killed
     try:
         refused = _owned_regular_file(path)
     except FileNotFoundError:
