@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHARED_ARCHIVE, run_cli
+from conftest import REPO, SHARED_ARCHIVE, http_server, run_cli
 
 from alexnet_cifar10 import load_model
-from alexnet_cifar10.errors import CheckpointError
+from alexnet_cifar10.errors import CheckpointError, DownloadError
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,72 @@ def test_torch_hub_local_loads_through_the_safe_loader(checkpoint: Path) -> None
     assert torch.equal(model(x), load_model(checkpoint)(x))
     fresh = torch.hub.load(str(REPO), "alexnet_cifar10", source="local", variant="alexnet_tiny")
     assert fresh(x).shape == (3, 10)
+
+
+def hub(**kwargs: object) -> torch.nn.Module:
+    return torch.hub.load(str(REPO), "alexnet_cifar10", source="local", progress=False, **kwargs)
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub" / "alexnet_cifar10"
+    torch.hub.set_dir(old)
+
+
+def test_torch_hub_from_a_url_downloads_once_resumes_and_checks_the_hash(checkpoint: Path, hub_dir: Path) -> None:
+    """weights=URL as the data archive is fetched: a cut download leaves a .part that the next call resumes with
+    a Range request; the file is fetched once; a sha256 prefix in the name (torch.hub's convention) is checked."""
+    x = torch.rand(3, 3, 32, 32)
+    reference = load_model(checkpoint)(x)
+    payload = checkpoint.read_bytes()
+    prefix = hashlib.sha256(payload).hexdigest()[:10]
+    with http_server(payload) as server:
+        url = server.url(f"/tiny-{prefix}.pt")
+        server.state.mode = "cut"
+        with pytest.raises(DownloadError, match="ended early|broke off"):
+            hub(weights=url)
+        (part,) = hub_dir.glob("*.part")
+        have = part.stat().st_size
+        assert 0 < have < len(payload)
+        server.state.mode = "ok"
+        assert torch.equal(hub(weights=url)(x), reference)
+        assert server.state.ranges == [None, f"bytes={have}-"]
+        assert torch.equal(hub(weights=url)(x), reference)  # from the folder: no third request
+        assert len(server.state.ranges) == 2 and not list(hub_dir.glob("*.part"))
+
+        wrong = server.url("/tiny-deadbeef00.pt")
+        with pytest.raises(DownloadError, match="sha256 [0-9a-f]{10} does not match the expected deadbeef00"):
+            hub(weights=wrong)
+        assert list(hub_dir.glob("*-tiny-deadbeef00.pt.bad")) and not list(hub_dir.glob("*-tiny-deadbeef00.pt"))
+        assert torch.equal(hub(weights=wrong, check_hash=False)(x), reference)
+
+
+def test_torch_hub_refuses_a_download_beyond_the_checkpoint_limit(hub_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet_cifar10 import checkpoint as module
+
+    monkeypatch.setattr(module, "MAX_CHECKPOINT_BYTES", 1 << 20)
+    with http_server(bytes(2 << 20)) as server:
+        for mode, needle in (("ok", "announces 2 MiB, more than the 1 MiB limit"),
+                             ("endless", "sends more than 1 MiB")):
+            server.state.mode = mode
+            with pytest.raises(DownloadError, match=needle):
+                hub(weights=server.url("/big.pt"))
+    assert not [p for p in hub_dir.iterdir() if p.name != ".lock"]
+
+
+def test_torch_hub_pretrained_means_the_best_weights() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(hub(pretrained=True)(x), load_model("best")(x))
+    with pytest.raises(ValueError, match="weights carry their own network"):
+        hub(weights="best", variant="alexnet_tiny")
+    with pytest.raises(ValueError, match="pretrained=True means weights='best'"):
+        hub(pretrained=True, weights="seed")
 
 
 def test_evaluate_keeps_the_runs_test_time_augmentation_from_pt_and_safetensors(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
 import random
 import re
 import stat
+import urllib.parse
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -284,3 +286,23 @@ def load_model(weights: str | Path, device: str | torch.device = "cpu") -> AlexN
     It takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself.
     """
     return model_from_state(trained_state(weights)).float().to(device)
+
+
+HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's convention: NAME-<sha256 prefix>.EXT
+
+
+def weights_from_url(url: str, folder: Path, *, check_hash: bool = True, progress: bool = True) -> Path:
+    """The file at ``url``, downloaded once into ``folder`` (one file per URL) as the data archive is: at most
+    ``MAX_CHECKPOINT_BYTES``, into a ``.part`` file that a later call resumes, renamed when complete. With
+    ``check_hash``, a file name carrying a sha256 prefix of at least 8 hex digits (``best-66a29e9e.pt``, as
+    torch.hub names files) must match it, on every load."""
+    from alexnet_cifar10.data.download import Expected, check_url, fetch
+
+    name = Path(urllib.parse.unquote(urllib.parse.urlsplit(check_url(url)).path)).name
+    if not name or name.startswith(".") or not name.isprintable():
+        name = "weights.pt"
+    found = HUB_HASH.search(name) if check_hash else None
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    expected = Expected("sha256", found.group(1) if found else "", MAX_CHECKPOINT_BYTES, "the checkpoint limit",
+                        "download the file yourself and give its path")
+    return fetch(url, Path(folder) / f"{key}-{name[-100:]}", expected, progress=progress)

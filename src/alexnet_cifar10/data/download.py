@@ -1,8 +1,9 @@
-"""Fetch the official CIFAR-10 archive: a ``.part`` file, Range resume, md5, atomic rename.
+"""Fetch a file over http(s) — the official CIFAR-10 archive, or weights that torch.hub is given a URL of: a
+``.part`` file, Range resume, a digest, atomic rename.
 
-Only http and https URLs are fetched (redirects included), at most ``MAX_DOWNLOAD_BYTES``; the ``.part``
-file is opened without following a symbolic link, and a file already under the archive's name that does
-not match the md5 is left alone.
+Only http and https URLs are fetched (redirects included), at most what the file may be (``Expected``); the
+``.part`` file is opened without following a symbolic link, and a file already under the final name that does
+not match the digest is left alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import stat
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,8 +46,21 @@ def default_url() -> str:
     return os.environ.get("ALEXNET_CIFAR10_URL") or OFFICIAL_URL
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
+@dataclass(frozen=True)
+class Expected:
+    """What a download must be: at most ``max_bytes`` (``limit``: why that many), with the ``algorithm`` digest
+    starting with ``digest`` (the whole digest, a prefix, or "" when nothing is known); ``offline`` says what a
+    user without network can do instead."""
+
+    algorithm: str
+    digest: str
+    max_bytes: int
+    limit: str
+    offline: str
+
+
+def digest_of(path: Path, algorithm: str = "md5") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
@@ -90,11 +105,8 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _offline_hint(url: str, reason: object) -> DownloadError:
-    return DownloadError(
-        f"cannot download {shortened(url)} ({reason}); without network, pass --data PATH to a CIFAR-10 "
-        "copy on disk (folder or .tar.gz)"
-    )
+def _offline_hint(url: str, reason: object, expected: Expected) -> DownloadError:
+    return DownloadError(f"cannot download {shortened(url)} ({reason}); without network, {expected.offline}")
 
 
 def _part_size(part: Path) -> int:
@@ -130,26 +142,31 @@ def _open_part(part: Path, append: bool) -> BinaryIO:
     return os.fdopen(fd, "ab" if append else "wb")
 
 
-def _too_big(url: str, part: Path) -> DownloadError:
+def _too_big(url: str, part: Path, expected: Expected) -> DownloadError:
     try:
         part.unlink()
     except OSError:
         pass
     return DownloadError(f"cannot download {shortened(url)}: the server sends more than "
-                         f"{size_text(MAX_DOWNLOAD_BYTES)} (the limit: 4x the official archive); nothing was kept")
+                         f"{size_text(expected.max_bytes)} (the limit: {expected.limit}); nothing was kept")
 
 
-def _existing(final: Path, md5: str) -> bool:
-    """Whether ``final`` is already the verified archive; a file there that is not is refused, not replaced."""
+def _matches(path: Path, expected: Expected) -> bool:
+    return digest_of(path, expected.algorithm).startswith(expected.digest)
+
+
+def _existing(final: Path, expected: Expected) -> bool:
+    """Whether ``final`` is already the verified download; a file there that is not is refused, not replaced."""
     if not os.path.lexists(final):
         return False
     try:
-        if final.is_file() and final.stat().st_size <= MAX_DOWNLOAD_BYTES and md5sum(final) == md5:
+        if final.is_file() and final.stat().st_size <= expected.max_bytes and _matches(final, expected):
             return True
     except OSError as e:
         raise DownloadError(f"cannot read {final}: {e.strerror or e}") from None
-    raise DownloadError(f"{final} exists and is not the archive with md5 {md5}; it was left alone: move it away "
-                        "(or pass --data PATH to read it)")
+    what = f"with {expected.algorithm} {expected.digest}" if expected.digest else "a download"
+    raise DownloadError(f"{final} exists and is not the file {what}; it was left alone: move it away "
+                        "(or give its path instead)")
 
 
 def download_archive(
@@ -160,7 +177,7 @@ def download_archive(
     progress: bool = True,
     timeout: float = 30.0,
 ) -> Path:
-    """Download ``url`` into ``dest_dir`` and return the verified file.
+    """Download the CIFAR-10 archive at ``url`` into ``dest_dir`` and return the verified file.
 
     An existing ``.part`` file is resumed with an HTTP Range request. A file whose md5 does not
     match is renamed to ``.bad`` (kept for inspection, never used) and the call fails. The md5
@@ -170,25 +187,32 @@ def download_archive(
     md5 = (md5 or os.environ.get("ALEXNET_CIFAR10_MD5") or OFFICIAL_MD5).strip().lower()
     if not re.fullmatch(r"[0-9a-f]{32}", md5):
         raise DownloadError(f"the expected md5 must be 32 hexadecimal digits, got {md5[:40]!r}")
-    dest_dir = Path(dest_dir)
+    expected = Expected("md5", md5, MAX_DOWNLOAD_BYTES, "4x the official archive",
+                        "pass --data PATH to a CIFAR-10 copy on disk (folder or .tar.gz)")
+    return fetch(url, Path(dest_dir) / archive_name(url), expected, progress=progress, timeout=timeout)
+
+
+def fetch(url: str, final: Path, expected: Expected, *, progress: bool = True, timeout: float = 30.0) -> Path:
+    """``final``, downloaded from ``url`` unless it is already there and matches ``expected``: received into
+    ``final.part`` (resumed by a Range request when one is left), checked, then renamed."""
+    url = check_url(url)
     try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DownloadError(f"cannot create {dest_dir}: {e.strerror or e}") from None
-    final = dest_dir / archive_name(url)
-    if _existing(final, md5):
+        raise DownloadError(f"cannot create {final.parent}: {e.strerror or e}") from None
+    if _existing(final, expected):
         return final
     part = final.with_name(final.name + ".part")
     have = _part_size(part)
-    response = _request(url, have, timeout)
+    response = _request(url, have, timeout, expected)
     if response is not None:  # None: the .part is already complete
         with response:
-            _receive(response, url, part, have, progress)
-    _verify(part, final, md5)
+            _receive(response, url, part, have, progress, expected)
+    _verify(part, final, expected)
     return final
 
 
-def _request(url: str, have: int, timeout: float) -> http.client.HTTPResponse | None:
+def _request(url: str, have: int, timeout: float, expected: Expected) -> http.client.HTTPResponse | None:
     """The server's answer to a GET of ``url`` from byte ``have`` on; None when it says the range is past the end
     (the ``.part`` holds the whole file)."""
     headers = {"User-Agent": "alexnet-cifar10", **({"Range": f"bytes={have}-"} if have else {})}
@@ -206,19 +230,20 @@ def _request(url: str, have: int, timeout: float) -> http.client.HTTPResponse | 
         if isinstance(e, http.client.HTTPException) and not isinstance(e, OSError):  # RemoteDisconnected is both
             raise DownloadError(f"cannot download {shortened(url)}: the server's answer is not valid HTTP "
                                 f"({type(e).__name__})") from None
-        raise _offline_hint(url, str(getattr(e, "reason", None) or e or type(e).__name__)[:100]) from None
+        raise _offline_hint(url, str(getattr(e, "reason", None) or e or type(e).__name__)[:100], expected) from None
 
 
-def _receive(response: http.client.HTTPResponse, url: str, part: Path, have: int, progress: bool) -> None:
+def _receive(response: http.client.HTTPResponse, url: str, part: Path, have: int, progress: bool,
+             expected: Expected) -> None:
     """Append the response body to ``part`` (or start it afresh when the server ignored the Range), at most
-    ``MAX_DOWNLOAD_BYTES`` in all, and make it durable."""
+    ``expected.max_bytes`` in all, and make it durable."""
     if have and response.status != 206:
         have = 0  # the server ignored the Range header: start again
     length = response.headers.get("Content-Length")
     total = have + int(length) if length and length.isdigit() else None
-    if total is not None and total > MAX_DOWNLOAD_BYTES:
+    if total is not None and total > expected.max_bytes:
         raise DownloadError(f"cannot download {shortened(url)}: the server announces {size_text(total)}, more "
-                            f"than the {size_text(MAX_DOWNLOAD_BYTES)} limit (4x the official archive)")
+                            f"than the {size_text(expected.max_bytes)} limit ({expected.limit})")
     size = have
     try:
         with _open_part(part, append=bool(have)) as f, tqdm(
@@ -227,9 +252,9 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, have: int
         ) as bar:
             while chunk := response.read(CHUNK):
                 size += len(chunk)
-                if size > MAX_DOWNLOAD_BYTES:
+                if size > expected.max_bytes:
                     f.close()
-                    raise _too_big(url, part)
+                    raise _too_big(url, part, expected)
                 f.write(chunk)
                 bar.update(len(chunk))
             f.flush()
@@ -243,16 +268,16 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, have: int
                             f"command again to resume from {part}")
 
 
-def _verify(part: Path, final: Path, md5: str) -> None:
-    """Rename ``part`` to ``final`` when its md5 is ``md5``; else set it aside as ``.bad`` and fail."""
+def _verify(part: Path, final: Path, expected: Expected) -> None:
+    """Rename ``part`` to ``final`` when its digest matches; else set it aside as ``.bad`` and fail."""
     try:
-        got = md5sum(part)
-        if got != md5:
+        if not _matches(part, expected):
             bad = final.with_name(final.name + ".bad")
             os.replace(part, bad)  # replaces a link named .bad, never writes through it
             raise DownloadError(
-                f"{final}: md5 {got} does not match the expected {md5}; the file was set aside as "
-                f"{bad.name} and not used; run again to download afresh"
+                f"the download's {expected.algorithm} {digest_of(bad, expected.algorithm)[:len(expected.digest)]} "
+                f"does not match the expected {expected.digest}; it was set aside as {bad} and not used; run again "
+                "to download afresh"
             )
         os.replace(part, final)  # a rename: a link at ``final`` is replaced, its target never written
     except OSError as e:
