@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import shutil
 import signal
 import stat
@@ -736,3 +737,43 @@ def test_a_write_interrupted_by_sigterm_leaves_no_temporary_file(tmp_path: Path)
     assert len(writes[0]) == 2 and writes[0][0].startswith(".result.json.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"] and target.read_text() == "old"
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only
+
+
+HISTORY_CHANGES = {
+    "string": (lambda s: s["history"][0].update(val_acc="0.5"), "history entry 1 has val_acc = '0.5', not a finite"),
+    "inf": (lambda s: s["history"][0].update(seconds=float("inf")), "history entry 1 has seconds = inf, not a finite"),
+    "huge-int": (lambda s: s["history"][0].update(epoch=10**30), "history entry 1 has epoch = 1000"),
+    "missing-key": (lambda s: s["history"][0].pop("lr"), "history entry 1 is not a record of epoch, train_loss"),
+    "not-a-record": (lambda s: s.update(history=[1]), "history entry 1 is not a record"),
+    "short": (lambda s: s.update(history=[]), "history is not a list of its 1 epochs"),
+    "out-of-order": (lambda s: s["history"][0].update(epoch=2), "history does not list its epochs in order"),
+    "negative": (lambda s: s.update(epoch=-1), "epoch is -1, not a count"),
+    "nan": (lambda s: s.update(best_acc=float("nan")), "best_acc is nan, not an accuracy"),
+    "list": (lambda s: s["partial"].update(seen=[1]), "partial epoch has seen = [1], not an integer"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HISTORY_CHANGES))
+def test_a_checkpoint_whose_history_is_of_the_wrong_types(tiny_run: Path, kind: str) -> None:
+    """A last.pt passes torch's safe loader with anything in its plain values: each entry's type and range is
+    checked (in-process here, through the CLI below), never met at the end of the run by a sum or a plot."""
+    from alexnet_cifar10.errors import CheckpointError
+    from alexnet_cifar10.state import checked_progress
+
+    saved = torch.load(tiny_run / "last.pt", weights_only=True)
+    assert checked_progress(saved)[0] == 1  # the file as the run wrote it
+    change, needle = HISTORY_CHANGES[kind]
+    change(saved)
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        checked_progress(saved)
+
+
+def test_resume_refuses_a_history_of_the_wrong_types_before_training(case: Case, tiny_run: Path) -> None:
+    run_dir = case.root / "run"
+    shutil.copytree(tiny_run, run_dir)
+    saved = torch.load(run_dir / "last.pt", weights_only=True)
+    HISTORY_CHANGES["string"][0](saved)
+    torch.save(saved, run_dir / "last.pt")
+    refused(run(case, "train", "--resume", str(run_dir), "--epochs", "2", "--no-progress"),
+            HISTORY_CHANGES["string"][1])
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # nothing trained
