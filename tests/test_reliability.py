@@ -239,48 +239,52 @@ def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tiny_png: Pa
     assert victim.read_text() == "the user's file\n" and sorted(p.name for p in run.iterdir()) == [".lock"]
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):  # noqa: ANN201 - yields (folder, how to run a command on a full disk)
-    """A folder on a real 8 MiB tmpfs where this process may mount one (root), else a plain folder whose
-    writers run under RLIMIT_FSIZE; either way a checkpoint write meets a real ENOSPC or EFBIG."""
+@pytest.fixture(params=["tmpfs", "file-size-limit"])
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201 - yields (folder, mounted)
+    """A folder on a real 8 MiB tmpfs (where this process may mount one: root), or a plain folder whose writers
+    run under RLIMIT_FSIZE; either way a checkpoint write meets a real ENOSPC or EFBIG."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    mounted = request.param == "tmpfs"
+    if mounted and (os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs",
+                                                          str(folder)], capture_output=True).returncode != 0):
+        pytest.skip("mounting a tmpfs needs root")
     yield folder, mounted
     if mounted:
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_a_full_disk_ends_in_one_line_and_keeps_the_checkpoint(tiny_png: Path, small_disk) -> None:  # noqa: ANN001
-    import resource
+ROOM = 128 << 10  # what the full disk has left: room for config.json (~2 KiB), not for a checkpoint (~1 MiB)
+_LIMITED = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({ROOM}, {ROOM})); sys.argv[0] = 'alexnet-cifar10'; "
+            "runpy.run_module('alexnet_cifar10', run_name='__main__')")  # EFBIG past ROOM instead of a kill
 
+
+def test_a_full_disk_ends_in_one_line_and_keeps_the_checkpoint(tiny_png: Path, small_disk) -> None:  # noqa: ANN001
+    """The disk fills during the checkpoint write itself: the resumed run rewrites its config.json (which fits),
+    trains an epoch, and its checkpoint write meets ENOSPC (EFBIG without a tmpfs): one line, the previous
+    checkpoint intact, no temporary file left."""
     folder, mounted = small_disk
     run = folder / "run"
     proc = start(tiny_png, run, False, "--epochs", "1", "--checkpoint-every", "0")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     before = (run / "last.pt").read_bytes()
-    limit = None
-    if mounted:  # fill what is left of the file system
+    assert len(before) > ROOM
+    launch = [sys.executable, "-m", "alexnet_cifar10"]
+    if mounted:  # fill the file system up to ROOM
         with open(folder / "filler", "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-    else:  # no file of the resumed run may grow past 1 KiB: the new checkpoint cannot be written
-        limit = 1024
-
-    def limited() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    resumed = subprocess.run([sys.executable, "-m", "alexnet_cifar10", "train", "--resume", str(run), "--epochs", "2",
-                              "--no-progress"], capture_output=True, text=True, timeout=300,
-                             preexec_fn=limited if limit else None)
+            while (lambda st: st.f_bavail * st.f_frsize)(os.statvfs(folder)) > ROOM:
+                f.write(b"\0" * 4096)
+    else:  # no file of the resumed run may grow past ROOM
+        launch = [sys.executable, "-c", _LIMITED]
+    resumed = subprocess.run([*launch, "train", "--resume", str(run), "--epochs", "2", "--no-progress"],
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 1 and "Traceback" not in resumed.stderr, resumed.stderr
-    line = resumed.stderr.strip().splitlines()[-1]
-    assert "previous checkpoint is intact" in line or "cannot write" in line, resumed.stderr
+    lines = resumed.stderr.strip().splitlines()
+    assert len(lines) == 1, resumed.stderr
+    reason = "No space left on device" if mounted else "File too large"
+    assert f"cannot write checkpoint {run}" in lines[0] and f"{reason}; the previous checkpoint is intact" in lines[0]
+    assert '"epochs_done": 1' in (run / "config.json").read_text()  # the resume got past its config.json
     assert (run / "last.pt").read_bytes() == before
     assert not list(run.glob(".last.pt.*.tmp")) and not list(run.glob(".best.pt.*.tmp"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import pickle
 import random
@@ -19,17 +18,13 @@ import torch
 
 from alexnet_cifar10 import pretrained
 from alexnet_cifar10.errors import TORCH_LOAD_ERRORS, CheckpointError, ConfigError, first_line, write_failure
-from alexnet_cifar10.io import atomic_write
+from alexnet_cifar10.io import atomic_write, atomic_write_serialized
 from alexnet_cifar10.models import AlexNet, create_model, expected_state
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Serialised in memory first, so that a failed write is the file system's own OSError (torch.save's
-    writer reports one as a RuntimeError without its reason)."""
-    buffer = io.BytesIO()
     try:
-        torch.save(state, buffer)
-        atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+        atomic_write_serialized(Path(path), lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as e:
         raise CheckpointError(
             f"cannot write checkpoint {path}: {write_failure(e)}; the previous checkpoint is intact"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
 import json
 import os
 import stat
@@ -147,6 +148,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_write_serialized(path: Path, serialize: Callable[[BinaryIO], object]) -> None:
+    """``atomic_write`` of what ``serialize`` writes, serialised in memory first: a failed write (a full disk, a
+    file size limit) is then the file system's own OSError, which torch.save's writer reports as a RuntimeError
+    without its reason."""
+    buffer = io.BytesIO()
+    serialize(buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from alexnet_cifar10.data.formats import CLASSES, SPLIT_NAMES, Decoded
 from alexnet_cifar10.data.sources import MAX_TOTAL_BYTES, list_files
 from alexnet_cifar10.errors import TORCH_LOAD_ERRORS, printable, write_failure
-from alexnet_cifar10.io import atomic_write, remove_stale_temps
+from alexnet_cifar10.io import atomic_write_serialized, remove_stale_temps
 
 # 2: cut plain .tar files are refused; a cache decoded from one must not be reused
 # 3: the cache holds its key and a sha256 of its tensors; the key covers the files that are read, by raw name
@@ -157,7 +157,8 @@ def save_cache(path: Path, fmt: str, splits: Decoded) -> None:
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: torch.save(blob, f))  # replaces a planted file or link, never writes through it
+        # replaces a planted file or link, never writes through it
+        atomic_write_serialized(path, lambda f: torch.save(blob, f))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as RuntimeError
         # the cache is an optimisation: a read-only or full disk must not stop the run
         print(printable(f"warning: cannot write cache {path}: {write_failure(e)}"), file=sys.stderr)
