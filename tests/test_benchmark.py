@@ -35,7 +35,9 @@ def test_benchmark_writes_its_table_and_json(tiny_png: Path, tmp_path: Path, ext
     assert ("torch.compile" in result.stdout) == ("--compile" in extra)
     assert r["end_to_end_ips"] > 0 and r["compute_only_ips"] > 0
     assert r["end_to_end_over_compute"] == pytest.approx(r["end_to_end_ips"] / r["compute_only_ips"])
-    assert r["train_flops_per_image"] > 0 and r["matmul_flops_per_s"] > 0 and 0 < r["mfu"] < 1
+    assert r["train_flops_per_image"] > 0 and r["matmul_flops_per_s"] > 0
+    # MFU against the measured matmul rate, not a datasheet peak: it can pass 100 % (BENCHMARKS.md says why)
+    assert r["mfu"] == pytest.approx(r["end_to_end_ips"] * r["train_flops_per_image"] / r["matmul_flops_per_s"])
     if "--no-seed-style" in extra:
         assert r["seed_style_ips"] is None and r["end_to_end_over_seed_style"] is None
     else:

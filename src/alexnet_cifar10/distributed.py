@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from alexnet_cifar10.config import Bounds
-from alexnet_cifar10.errors import ConfigError, TrainingError, first_line, shown
+from alexnet_cifar10.errors import ConfigError, TrainingError, first_line, shortened, shown
 from alexnet_cifar10.models import batch_norms
 
 
@@ -104,7 +104,7 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
 
 
 def peer_error(e: BaseException) -> TrainingError:
-    return TrainingError(f"a distributed peer failed or timed out ({first_line(e)[:200]}); the job stops")
+    return TrainingError(f"a distributed peer failed or timed out ({shortened(first_line(e), 200)}); the job stops")
 
 
 def collective(fn):  # noqa: ANN001, ANN201
