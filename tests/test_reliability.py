@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import select
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -28,13 +31,10 @@ def start(data: Path, run: Path, resume: bool, *extra: str) -> subprocess.Popen[
 
 
 def finish(data: Path, run: Path) -> None:
-    """Resume (or start afresh when no checkpoint was written yet) until the run completes."""
-    for _ in range(3):
-        proc = start(data, run, resume=(run / "last.pt").exists())
-        out, err = proc.communicate(timeout=300)
-        if proc.returncode == 0:
-            return
-    raise AssertionError(err)
+    """Resume (or start afresh when no checkpoint was written yet): one call, which must complete the run."""
+    proc = start(data, run, resume=(run / "last.pt").exists())
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -78,7 +78,39 @@ def wait_for(predicate, timeout: float = 120) -> None:  # noqa: ANN001
     while not predicate():
         if time.monotonic() > end:
             raise AssertionError("timed out")
-        time.sleep(0.001)
+        time.sleep(0.02)
+
+
+IN_CREATE = 0x100
+
+
+def freeze_during_a_write(proc: subprocess.Popen[str], run: Path, name: str = "last.pt", timeout: float = 120) -> str:
+    """SIGSTOP ``proc`` while it writes ``name``: inotify reports each temporary file of the atomic write as it is
+    created, the process is stopped at once, and it counts only when the file is still there with the process
+    stopped (else it goes on to the next write). Returns the temporary file's name."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        wait_for(run.is_dir)
+        assert libc.inotify_add_watch(fd, os.fsencode(run), IN_CREATE) >= 0, os.strerror(ctypes.get_errno())
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and proc.poll() is None:
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
+            events, offset = os.read(fd, 1 << 16), 0
+            while offset < len(events):
+                _, _, _, length = struct.unpack_from("iIII", events, offset)
+                created = events[offset + 16: offset + 16 + length].rstrip(b"\0").decode()
+                offset += 16 + length
+                if created.startswith(f".{name}.") and created.endswith(".tmp"):
+                    proc.send_signal(signal.SIGSTOP)
+                    if (run / created).exists():
+                        return created
+                    proc.send_signal(signal.SIGCONT)
+        raise AssertionError(f"no write of {name} was caught under way")
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("moment", ["first-checkpoint", "mid-epoch-1", "epoch-2", "during-write", "twice"])
@@ -87,13 +119,13 @@ def test_sigkill_then_resume_is_bit_identical(moment: str, reference: Path, tiny
     proc = start(tiny_png, run, resume=False)
     step = {"first-checkpoint": 1, "mid-epoch-1": 3, "epoch-2": 7, "during-write": 4, "twice": 2}[moment]
 
+    wait_for(lambda: global_step(run) >= step)
     if moment == "during-write":
-        wait_for(lambda: global_step(run) >= step)
-        wait_for(lambda: any(run.glob(".last.pt.*.tmp")))  # a checkpoint write is under way
-    else:
-        wait_for(lambda: global_step(run) >= step)
+        temporary = freeze_during_a_write(proc, run)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if moment == "during-write":  # killed with its write half done: the half-written file is left behind
+        assert (run / temporary).exists() and global_step(run) >= step
     if moment == "twice":
         proc = start(tiny_png, run, resume=True)
         wait_for(lambda: global_step(run) >= 6)
@@ -101,6 +133,7 @@ def test_sigkill_then_resume_is_bit_identical(moment: str, reference: Path, tiny
         proc.wait()
     finish(tiny_png, run)
     assert_identical(reference, run)
+    assert not list(run.glob(".*.tmp"))  # the resume removed what the killed write left
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
