@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import pickle
@@ -140,8 +141,45 @@ def write_gzip(path: Path, pieces: list[bytes | int]) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite means the CPU (device names, `auto` = the CPU, gloo, bit-identical resumes): on a machine with
+    a GPU, every test but those marked ``gpu`` sees none, in this process and in the commands it starts."""
+    if request.node.get_closest_marker("gpu") is None:
+        import torch
+
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALEXNET_CIFAR10_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def require_shared_archive() -> None:
+    """Skip without the shared archive, except on CI (CI=true), where its absence is a failure."""
+    if SHARED_ARCHIVE.is_file():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{SHARED_ARCHIVE} is missing, and CI=true: the real-archive tests must run")
+    pytest.skip(f"{SHARED_ARCHIVE} is not on this machine")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the shared archive decoded, made once for the whole test run: the xdist workers
+    share it (the first decodes under a lock while the others wait, then read it)."""
+    from alexnet_cifar10.data import load_cifar10
+
+    require_shared_archive()
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, above the workers'
+    cache = root / "shared-archive-cache"
+    cache.mkdir(exist_ok=True)
+    with open(root / "shared-archive-cache.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        load_cifar10(SHARED_ARCHIVE, cache_dir=cache)
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -536,3 +536,24 @@ def test_a_class_without_images_is_null_in_the_json_not_nan(trained_run: Path, t
     table = run_cli("evaluate", str(trained_run / "best.pt"), "--data", str(data), "--split", "test",
                     "--val-size", "0")
     assert any(line.split() == ["truck", "n/a", "0"] for line in table.stdout.splitlines()), table.stdout
+
+
+@pytest.mark.gpu
+def test_training_on_a_gpu_matches_its_evaluation_on_the_cpu(tiny_png: Path, tmp_path: Path) -> None:
+    """Where a CUDA device exists: a run trained there (auto picks it, bf16) is evaluated on the CPU in fp32 to
+    within bf16's rounding of what the run reported."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    run = tmp_path / "run"
+    trained = run_cli("train", "--data", str(tiny_png), "--epochs", "2", "--out", str(run), "--val-size", "20",
+                      "--batch-size", "8", "--model", "alexnet_tiny", "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert not config["device_name"].startswith("cpu") and config["world_size"] == 1  # the GPU's name
+    final = json.loads((run / "final.json").read_text())
+    cpu = run_cli("evaluate", str(run / "best.pt"), "--data", str(tiny_png), "--val-size", "20", "--split",
+                  final["split"], "--device", "cpu", "--json")
+    assert cpu.returncode == 0, cpu.stderr
+    assert json.loads(cpu.stdout)["accuracy"] == pytest.approx(final["accuracy"], abs=0.1)

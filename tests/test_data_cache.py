@@ -248,23 +248,8 @@ def test_val_size_larger_than_a_class(tmp_path: Path, ten_per_class: Pixels) -> 
 
 
 # --------------------------------------------------------------------------- the real shared archive
-def _require_shared_archive() -> None:
-    """Skip without the shared archive, except on CI (CI=true), where its absence is a failure."""
-    if SHARED_ARCHIVE.is_file():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{SHARED_ARCHIVE} is missing, and CI=true: the real-archive tests must run")
-    pytest.skip(f"{SHARED_ARCHIVE} is not on this machine")
-
-
-@pytest.fixture(scope="module")
-def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("real-cache")
-
-
-def test_real_shared_archive(real_cache: Path) -> None:
-    _require_shared_archive()
-    data = load_cifar10(SHARED_ARCHIVE, cache_dir=real_cache)
+def test_real_shared_archive(shared_cache: Path) -> None:
+    data = load_cifar10(SHARED_ARCHIVE, cache_dir=shared_cache)
     assert data.format == "imagefolder"
     assert data.test is None
     assert len(data.train) == 45_000 and len(data.val) == 5_000
@@ -279,9 +264,8 @@ def test_real_shared_archive(real_cache: Path) -> None:
     assert data.eval_split_name() == "val"
 
 
-def test_cli_data_info_on_the_real_archive_hits_the_cache(tmp_path: Path, real_cache: Path) -> None:
-    _require_shared_archive()
-    args = ("data", "info", "--data", str(SHARED_ARCHIVE), "--cache-dir", str(real_cache))
+def test_cli_data_info_on_the_real_archive_hits_the_cache(tmp_path: Path, shared_cache: Path) -> None:
+    args = ("data", "info", "--data", str(SHARED_ARCHIVE), "--cache-dir", str(shared_cache))
     results = [run_cli(*args, cwd=tmp_path) for _ in range(2)]
     for result in results:
         assert result.returncode == 0, result.stderr
@@ -290,7 +274,7 @@ def test_cli_data_info_on_the_real_archive_hits_the_cache(tmp_path: Path, real_c
         assert "format: imagefolder" in result.stdout
     cache_line = next(line for line in results[1].stdout.splitlines() if line.startswith("cache:"))
     assert "(hit," in cache_line
-    assert str(real_cache) in cache_line
+    assert str(shared_cache) in cache_line
 
 
 # --------------------------------------------------------------------------- planted caches

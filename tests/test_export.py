@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -25,12 +24,10 @@ def checkpoint(tiny_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return run / "best.pt"
 
 
-def test_onnx_matches_pytorch_on_1000_real_images(checkpoint: Path, tmp_path: Path) -> None:
-    if not SHARED_ARCHIVE.exists() and os.environ.get("CI") != "true":
-        pytest.skip("shared archive not present")
+def test_onnx_matches_pytorch_on_1000_real_images(checkpoint: Path, tmp_path: Path, shared_cache: Path) -> None:
     out = tmp_path / "model.onnx"
     result = run_cli("export", str(checkpoint), "--format", "onnx", "--out", str(out), "--check-data",
-                     str(SHARED_ARCHIVE), "--check-images", "1000")
+                     str(SHARED_ARCHIVE), "--check-images", "1000", env={"ALEXNET_CIFAR10_CACHE": str(shared_cache)})
     assert result.returncode == 0, result.stderr
     found = re.search(r"on (\d+) images: max \|logit diff\| (\S+), top-1 agreement (\S+)%", result.stdout)
     assert found, result.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -11,9 +10,8 @@ from conftest import REPO, SHARED_ARCHIVE
 from nbclient import NotebookClient
 
 
-def test_notebook_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not SHARED_ARCHIVE.exists() and os.environ.get("CI") != "true":
-        pytest.skip("shared archive not present")
+def test_notebook_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> None:
+    monkeypatch.setenv("ALEXNET_CIFAR10_CACHE", str(shared_cache))
     monkeypatch.setenv("ALEXNET_CIFAR10_QUICK", "1")
     monkeypatch.setenv("ALEXNET_CIFAR10_DATA", str(SHARED_ARCHIVE))
     monkeypatch.setenv("MPLBACKEND", "Agg")
