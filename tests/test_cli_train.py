@@ -557,3 +557,11 @@ def test_training_on_a_gpu_matches_its_evaluation_on_the_cpu(tiny_png: Path, tmp
                   final["split"], "--device", "cpu", "--json")
     assert cpu.returncode == 0, cpu.stderr
     assert json.loads(cpu.stdout)["accuracy"] == pytest.approx(final["accuracy"], abs=0.1)
+    # --deterministic (CUDA's deterministic kernels, cudnn autotuning off): two runs give the same weights
+    runs = [tmp_path / f"det{i}" for i in range(2)]
+    for out in runs:
+        det = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(out), "--val-size", "20",
+                      "--batch-size", "8", "--model", "alexnet_tiny", "--no-progress", "--deterministic")
+        assert det.returncode == 0, det.stderr
+    first, second = (torch.load(out / "last.pt", weights_only=True)["model"] for out in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
