@@ -160,6 +160,14 @@ def test_evaluate_keeps_the_runs_test_time_augmentation_from_pt_and_safetensors(
                     "--no-tta", "--tta-shift", "1")
     assert moves.returncode == 0, moves.stderr
     assert (json.loads(moves.stdout)["tta"], json.loads(moves.stdout)["tta_shift"]) == (False, 1)
+    # predict reads the run's test-time augmentation from the checkpoint too: the same scores as when it is given
+    image = next((tiny_png / "test").rglob("*.png"))
+    scores = {}
+    for name, flags in (("default", ()), ("given", ("--tta", "--tta-shift", "1")), ("plain", ("--no-tta",))):
+        result = run_cli("predict", str(run / "last.pt"), str(image), "--json", "--top-k", "10", *flags)
+        assert result.returncode == 0, result.stderr
+        scores[name] = json.loads(result.stdout)
+    assert scores["default"] == scores["given"] != scores["plain"]
 
 
 def test_safetensors_with_bad_config_metadata_is_refused(checkpoint: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import re
 import shutil
@@ -777,3 +778,54 @@ def test_resume_refuses_a_history_of_the_wrong_types_before_training(case: Case,
     refused(run(case, "train", "--resume", str(run_dir), "--epochs", "2", "--no-progress"),
             HISTORY_CHANGES["string"][1])
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # nothing trained
+
+
+def test_a_checkpoint_over_the_size_limit_is_refused_unread(case: Case) -> None:
+    """A sparse file one byte over 4 GiB: refused from its size, before a byte of it is read."""
+    from alexnet_cifar10.checkpoint import MAX_CHECKPOINT_BYTES
+
+    huge = case.root / "huge.pt"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_CHECKPOINT_BYTES + 1)
+    image = case.root / "cat.png"
+    Image.new("RGB", (32, 32)).save(image)
+    refused(run(case, "predict", str(huge), str(image), "--device", "cpu"), str(huge), "more than the 4 GiB")
+
+
+def test_a_run_folder_that_cannot_be_written(case: Case, pixels: Pixels) -> None:
+    """--out on a read-only file system (root ignores permission bits; others get a folder without write
+    permission): one line naming the folder, before any training."""
+    data = write_python(case.root / "data", {"train": pixels["train"]})
+    folder = case.root / "readonly"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                                                    str(folder)], capture_output=True).returncode == 0
+    if not mounted:
+        if os.geteuid() == 0:
+            pytest.skip("root without a mount cannot make a folder it cannot write")
+        folder.chmod(0o555)
+    try:
+        refused(run(case, "train", "--data", str(data), "--epochs", "1", "--out", str(folder / "run")),
+                f"{folder / 'run'}", "Read-only file system" if mounted else "Permission denied")
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+        else:
+            folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_the_shipped_weights_by_name_through_evaluate_and_export(case: Case, pixels: Pixels, command: str) -> None:
+    data = write_python(case.root / "data", {"test": pixels["test"]})
+    if command == "evaluate":
+        result = run(case, "evaluate", "--weights", "seed", "--data", str(data), "--device", "cpu", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["images"] == len(pixels["test"][1])
+    else:
+        out = case.root / "seed.safetensors"
+        result = run(case, "export", "--weights", "seed", "--format", "safetensors", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        from alexnet_cifar10 import load_model
+
+        x = torch.rand(2, 3, 32, 32)
+        assert torch.equal(load_model(out)(x), load_model("seed")(x))
