@@ -298,7 +298,7 @@ TINY_BENCH = "benchmark --data {data} --val-size 20 --model alexnet_tiny --repea
     (TINY_BENCH + " --steps 1 --batch-size {v}", "1000", "8", "--batch-size 1000 is larger than the"),
     (TINY_BENCH + " --batch-size 8 --steps 1 --threads {v}", "-1", "1", "--threads must lie in [0, 1024], got -1"),
     (TINY_BENCH + " --batch-size 8 --steps {v}", "0", "1", "--steps must lie in [1, 10000], got 0"),
-    ("export {ckpt} --format safetensors --out {v}", "{tmp}", "{tmp}/m.safetensors", "is a folder; give a file"),
+    ("export {ckpt} --format safetensors --out {v}", "{tmp}", "{tmp}/m.safetensors", "is a folder, not a regular file"),
     ("export {ckpt} --format onnx --out {tmp}/m.onnx --check-images {v}", "0", "8", "--check-images must lie in"),
 ])
 def test_bad_values_are_one_line_errors(command: str, bad: str, good: str | None, says: str, trained_run: Path,
