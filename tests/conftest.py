@@ -220,7 +220,7 @@ class ServerState:
     announced length), "chunked-cut" (a chunked body cut inside a chunk), "no-length" (the body, then the
     connection closes), "endless" (bytes without end and without a length), "huge-length" (a length of a
     terabyte), "garbage" (no HTTP at all), "close" (the connection closes unanswered), "redirect" (302 to
-    ``location``).
+    ``location``), "stall" (half the body, then nothing until ``release`` is set).
     """
 
     payload: bytes
@@ -228,6 +228,7 @@ class ServerState:
     location: str = ""
     ranges: list[str | None] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -295,6 +296,11 @@ class _Handler(BaseHTTPRequestHandler):
         if state.mode != "no-length":
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if state.mode == "stall":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            state.release.wait(60)
+            return
         self.wfile.write(body[: len(body) // 2] if state.mode == "cut" else body)
         self.wfile.flush()
 

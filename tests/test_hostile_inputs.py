@@ -829,3 +829,29 @@ def test_the_shipped_weights_by_name_through_evaluate_and_export(case: Case, pix
 
         x = torch.rand(2, 3, 32, 32)
         assert torch.equal(load_model(out)(x), load_model("seed")(x))
+
+
+def test_sigterm_during_a_download_is_one_line_and_keeps_the_part_file(case: Case, fresh: HttpServer) -> None:
+    """SIGTERM while the server has sent half the archive and stalls: exit 143 with one line, and the .part
+    file is kept for the next run to resume."""
+    fresh.state.mode = "stall"
+    part = case.root / "dl" / f"{NAME}.part"
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet_cifar10", "data", "download", "--data",
+                             str(case.root / "dl"), "--url", fresh.url(f"/{NAME}")], cwd=case.cwd, env=case.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + LIMIT_S
+        while not part.exists():  # the server answered and the client receives: the download is under way
+            assert time.monotonic() < end and proc.poll() is None, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into its read of the stalled body
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=LIMIT_S)
+    finally:
+        fresh.state.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"alexnet-cifar10: terminated after \d+ s", lines[0]), err
+    assert part.is_file() and not (case.root / "dl" / NAME).exists()
