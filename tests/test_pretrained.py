@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +121,13 @@ def test_the_shipping_tool_refuses_what_is_not_a_finished_run(tmp_path: Path) ->
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"python -m alexnet_cifar10.ship: error: {tmp_path}: not a finished run (no "
                                       "best.pt or config.json)")
+    out = tmp_path / "weights"
+    out.mkdir()
+    os.mkfifo(out / "x.json")
+    result = run_ship(str(tmp_path), "--name", "x", "--data", str(tmp_path), "--out", str(out))
+    assert result.stderr.strip() == (f"python -m alexnet_cifar10.ship: error: {out / 'x.json'}: is a FIFO, not a "
+                                     "regular file; give the path of a file to write")
+    assert stat.S_ISFIFO((out / "x.json").lstat().st_mode)
 
 
 @pytest.mark.parametrize("name", ["best", "seed"])

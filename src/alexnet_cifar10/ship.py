@@ -27,7 +27,7 @@ from alexnet_cifar10.config import config_of_record, read_record
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.evaluation import evaluate
-from alexnet_cifar10.io import atomic_write_text
+from alexnet_cifar10.io import atomic_write_text, check_replaceable
 from alexnet_cifar10.models import current_name
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -64,11 +64,17 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {**config_of_record(record, run_dir / "config.json").to_dict(), "git_commit": record.get("git_commit")}
 
 
+def check_out(out_dir: Path, name: str) -> None:
+    """A FIFO, a device or a folder where the weights or their JSON go is refused, and stays as it is."""
+    check_replaceable(out_dir, (f"{name}.safetensors", f"{name}.json"), ConfigError)
+
+
 def ship(run_dir: Path, name: str, data: Cifar10, out_dir: Path | None = None) -> dict[str, Any]:
     """Write ``run_dir``'s best.pt as the shipped weights ``name`` into ``out_dir`` (the package's weights/).
     Both files are written beside the old ones and replace them only once everything is checked, so a failed
     ship leaves the shipped weights as they were."""
     out_dir = out_dir or pretrained.WEIGHTS_DIR
+    check_out(out_dir, name)
     run = read_run(run_dir)
     if data.val is None or len(data.val) == 0:
         raise ConfigError("the data has no validation split to check the weights on (the run's --val-size is 0)")
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.name.isidentifier():
             raise ConfigError(f"--name {args.name!r}: a shipped name is a Python identifier, e.g. best")
+        check_out(args.out or pretrained.WEIGHTS_DIR, args.name)  # before the data loads
         run = read_run(args.run)
         data = load_cifar10(args.data, val_size=run["val_size"], seed=run["split_seed"])
         info = ship(args.run, args.name, data, out_dir=args.out)
