@@ -245,9 +245,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.models import create_model
 
     check_flags(args, "steps", "repeats", "batch_size", "threads")
-    if args.json and not Path(args.json).parent.is_dir():
-        raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
-    if args.json:  # a FIFO or a device there is refused now, not after the measurement
+    if args.json:  # a missing folder, a FIFO or a device there is refused now, not after the measurement
+        if not Path(args.json).parent.is_dir():
+            raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
         check_replaceable(Path(args.json).parent, [Path(args.json).name], ConfigError)
     create_model(args.model)  # an unknown name fails here, before the data loads
     device = select_device(args.device)

@@ -159,6 +159,6 @@ def save_cache(path: Path, fmt: str, splits: Decoded) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # replaces a planted file or link, never writes through it
         atomic_write_serialized(path, lambda f: torch.save(blob, f))
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as RuntimeError
+    except (OSError, RuntimeError) as e:  # a failed write (a full disk); torch.save's own failures
         # the cache is an optimisation: a read-only or full disk must not stop the run
         print(printable(f"warning: cannot write cache {path}: {write_failure(e)}"), file=sys.stderr)

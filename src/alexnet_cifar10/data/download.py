@@ -271,13 +271,13 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, have: int
 def _verify(part: Path, final: Path, expected: Expected) -> None:
     """Rename ``part`` to ``final`` when its digest matches; else set it aside as ``.bad`` and fail."""
     try:
-        if not _matches(part, expected):
+        got = digest_of(part, expected.algorithm)
+        if not got.startswith(expected.digest):
             bad = final.with_name(final.name + ".bad")
             os.replace(part, bad)  # replaces a link named .bad, never writes through it
             raise DownloadError(
-                f"the download's {expected.algorithm} {digest_of(bad, expected.algorithm)[:len(expected.digest)]} "
-                f"does not match the expected {expected.digest}; it was set aside as {bad} and not used; run again "
-                "to download afresh"
+                f"the download's {expected.algorithm} {got[:len(expected.digest)]} does not match the expected "
+                f"{expected.digest}; it was set aside as {bad} and not used; run again to download afresh"
             )
         os.replace(part, final)  # a rename: a link at ``final`` is replaced, its target never written
     except OSError as e:
