@@ -313,12 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt."""
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds the command as Ctrl-C does, so that the writes under way remove their temporary files
     (the training loop's own handler turns both into a checkpoint instead)."""
     def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt("terminated")
+        raise Terminated("terminated")
 
     if threading.current_thread() is not threading.main_thread():  # a notebook's worker: no signal handlers
         yield
@@ -346,9 +350,9 @@ def run_command(argv: list[str] | None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
     except KeyboardInterrupt as e:
-        print(f"{PROG}: {e.args[0] if e.args else 'interrupted'} after {time.perf_counter() - start:.0f} s",
-              file=sys.stderr)
-        return 143 if e.args else 130
+        what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"{PROG}: {what} after {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        return code
     except BrokenPipeError:
         raise  # main's: the reader of stdout stopped early
     except OSError as e:  # a write that failed (a full disk), a stdout that takes nothing
