@@ -31,6 +31,7 @@ import torch
 from conftest import (
     HOSTILE_CHECKPOINTS,
     HttpServer,
+    ServerState,
     http_server,
     make_deep_tree,
     make_pixels,
@@ -228,7 +229,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
 
 @pytest.fixture
 def fresh(server: HttpServer) -> HttpServer:
-    server.state.mode, server.state.location = "ok", ""
+    server.state = ServerState(server.state.payload)  # mode "ok", nothing recorded, a stall not yet released
     return server
 
 
@@ -831,9 +832,12 @@ def test_the_shipped_weights_by_name_through_evaluate_and_export(case: Case, pix
         assert torch.equal(load_model(out)(x), load_model("seed")(x))
 
 
-def test_sigterm_during_a_download_is_one_line_and_keeps_the_part_file(case: Case, fresh: HttpServer) -> None:
-    """SIGTERM while the server has sent half the archive and stalls: exit 143 with one line, and the .part
-    file is kept for the next run to resume."""
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"),
+                                                   (signal.SIGINT, 130, "interrupted")], ids=["sigterm", "sigint"])
+def test_a_signal_during_a_download_is_one_line_and_keeps_the_part_file(case: Case, fresh: HttpServer, sig: int,
+                                                                        code: int, word: str) -> None:
+    """SIGTERM or SIGINT while the server has sent half the archive and stalls: exit 143 or 130 with one line,
+    and the .part file is kept for the next run to resume."""
     fresh.state.mode = "stall"
     part = case.root / "dl" / f"{NAME}.part"
     proc = subprocess.Popen([sys.executable, "-m", "alexnet_cifar10", "data", "download", "--data",
@@ -845,13 +849,13 @@ def test_sigterm_during_a_download_is_one_line_and_keeps_the_part_file(case: Cas
             assert time.monotonic() < end and proc.poll() is None, proc.stderr.read() if proc.poll() else "slow"
             time.sleep(0.05)
         time.sleep(0.5)  # into its read of the stalled body
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=LIMIT_S)
     finally:
         fresh.state.release.set()
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert proc.returncode == code and "Traceback" not in err, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and re.fullmatch(r"alexnet-cifar10: terminated after \d+ s", lines[0]), err
+    assert len(lines) == 1 and re.fullmatch(rf"alexnet-cifar10: {word} after \d+ s", lines[0]), err
     assert part.is_file() and not (case.root / "dl" / NAME).exists()
