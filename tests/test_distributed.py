@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,3 +113,23 @@ def test_a_dead_rank_ends_the_job(tiny_png: Path, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_rank_whose_peers_never_come_ends_the_job_after_the_distributed_timeout(tiny_png: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Rank 1 of two, with no rank 0 to host the rendezvous: it gives up after ALEXNET_CIFAR10_DIST_TIMEOUT seconds
+    (3 here, where the default 120 would outlast the test) and says so in one line. The port is held bound, not
+    listening, by this test, so no other process can answer on it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        environment = {**env(), "ALEXNET_CIFAR10_DIST_TIMEOUT": "3", "WORLD_SIZE": "2", "RANK": "1",
+                       "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(held.getsockname()[1])}
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "alexnet_cifar10", "train", "--data", str(tiny_png),
+                               "--epochs", "1", "--out", str(tmp_path / "run"), *FLAGS],
+                              capture_output=True, text=True, env=environment, timeout=60)
+        elapsed = time.monotonic() - start
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("alexnet-cifar10: ")]  # besides c10d's log
+    assert len(ours) == 1 and ours[0].startswith("alexnet-cifar10: error: a distributed peer failed or timed out")
+    assert "3000ms" in ours[0] and elapsed < 40, proc.stderr

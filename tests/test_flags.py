@@ -123,3 +123,23 @@ def test_version_and_data_info_json(tiny_png: Path) -> None:
     assert found["format"] == "imagefolder" and found["from_cache"] is False
     assert {name: split["images"] for name, split in found["splits"].items()} == {"train": 40, "val": 20, "test": 20}
     assert set(found["splits"]["val"]["per_class"].values()) == {2}
+
+
+def test_compile_trains_through_torch_compile_and_saves_plain_weights(tiny_png: Path, tmp_path: Path, plain: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile hands the model to torch.compile (its graph captured for real; the "eager" backend spares the test
+    a C++ build) and the checkpoint keeps the network's own parameter names, so evaluate and resume load it."""
+    real, compiled = torch.compile, []
+
+    def recording(model: torch.nn.Module, **kwargs: object) -> torch.nn.Module:
+        compiled.append(real(model, backend="eager"))
+        return compiled[-1]
+
+    monkeypatch.setattr(torch, "compile", recording)
+    run = trained(tiny_png, tmp_path / "compiled", compile=True).run_dir
+    assert len(compiled) == 1 and isinstance(compiled[0], torch._dynamo.eval_frame.OptimizedModule)
+    assert weights(run).keys() == weights(plain).keys()  # no "_orig_mod." prefixes
+    assert json.loads((run / "config.json").read_text())["compile"] is True
+    from alexnet_cifar10 import load_model
+
+    load_model(run / "last.pt")  # strict: every key of the network, no other
