@@ -1,6 +1,9 @@
-# The two commands of the README: `make train` (set up, get CIFAR-10, train, evaluate) and `make test`.
-# TORCH_SPEC picks the torch build pip installs: plain `torch` for users (CUDA where available);
-# CI passes the CPU pin `torch==2.13.0`.
+# The README's commands: `make install` (venv + package, no training), `make train` (set up, get CIFAR-10,
+# train, evaluate) and `make test`.
+# TORCH_SPEC is what pip installs torch from, passed to `pip install` as words: plain `torch` by default, which on
+# Linux is the CUDA build. The small CPU-only build comes from PyTorch's CPU index:
+#   make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
+# CI passes the pin `torch==2.13.0`. A spec with < or > needs its own quotes: TORCH_SPEC='"torch>=2.2"'.
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch
@@ -10,19 +13,22 @@ BIN        := $(VENV)/bin
 INSTALLED  := $(VENV)/.installed
 EXTRAS     := $(VENV)/.installed-extras
 
-.PHONY: train test lint clean
+.PHONY: install train test lint clean
 
 # training needs the package and its dependencies (safetensors for the shipped weights and model.safetensors)
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e .
 	touch $(INSTALLED)
 
-# the tests also need the test tools, the exporters and the notebook runner
+# the tests also need the test tools, the exporters, the notebook runner and TensorBoard's reader
 $(EXTRAS): $(INSTALLED)
-	$(BIN)/pip install -q -e ".[dev,export,notebook]"
+	$(BIN)/pip install -q -e ".[dev,export,notebook,tensorboard]"
 	touch $(EXTRAS)
+
+# the package and its dependencies in $(VENV), nothing trained
+install: $(INSTALLED)
 
 train: $(INSTALLED)
 	$(BIN)/alexnet-cifar10 train --data "$(DATA)" $(ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -565,3 +566,17 @@ def test_training_on_a_gpu_matches_its_evaluation_on_the_cpu(tiny_png: Path, tmp
         assert det.returncode == 0, det.stderr
     first, second = (torch.load(out / "last.pt", weights_only=True)["model"] for out in runs)
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("bars", [[], ["--no-progress"]], ids=["bars-asked", "no-progress"])
+def test_a_log_file_gets_one_line_per_epoch_and_no_bars(tiny_png: Path, tmp_path: Path, bars: list[str]) -> None:
+    """Output to a file, not a terminal: tqdm leaves its bars out (no carriage returns in the log), and each epoch
+    prints its line with or without --no-progress."""
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "2", "--out", str(tmp_path / "run"),
+                     "--val-size", "20", "--batch-size", "8", "--model", "alexnet_tiny", "--threads", "1", *bars)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
+    pattern = (r"epoch +[12]/2 train_loss \d+\.\d{4} train_acc \d+\.\d\d% val_loss \d+\.\d{4} val_acc \d+\.\d\d% "
+               r"lr [\d.e-]+ \d+ img/s \d+\.\ds")
+    assert len(lines) == 2 and all(re.fullmatch(pattern, line) for line in lines), result.stdout

@@ -107,8 +107,16 @@ def test_tensorboard_writes_event_files_or_names_what_it_needs(tiny_png: Path, t
         with pytest.raises(ConfigError, match=re.escape("--tensorboard needs the tensorboard package: pip install")):
             trained(tiny_png, tmp_path / "tb", tensorboard=True)
         return
-    run = trained(tiny_png, tmp_path / "tb", tensorboard=True).run_dir
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = trained(tiny_png, tmp_path / "tb", tensorboard=True, epochs=2).run_dir
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "acc/train", "acc/val", "lr"} <= tags, tags  # grouped: train beside val
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in events.Scalars("acc/val")] == [1, 2]
+    assert [e.value for e in events.Scalars("acc/val")] == pytest.approx([r["val_acc"] for r in rows])
 
 
 def test_version_and_data_info_json(tiny_png: Path) -> None:

@@ -91,6 +91,7 @@ class Run:
 
     @property
     def progress(self) -> bool:
+        """Bars wanted (rank 0, no --no-progress); tqdm still leaves them out where stderr is not a terminal."""
         return self.config.progress and self.dist.is_main
 
     def save(self, state: TrainState, name: str) -> None:
@@ -261,7 +262,7 @@ def train_one_epoch(state: TrainState, run: Run, loader: ResidentLoader, stop: d
     t0 = time.perf_counter() - state.partial.seconds
     total_steps = config.epochs * run.steps_per_epoch
     bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {state.epoch + 1}/{config.epochs}",
-               disable=not run.progress, unit="step", leave=False)
+               disable=None if run.progress else True, unit="step", leave=False)
     for step, (x, y) in enumerate(loader.iterate(state.epoch, state.step), start=state.step):
         with autocast(device, config.precision):
             logits = state.forward(x)
@@ -280,7 +281,7 @@ def train_one_epoch(state: TrainState, run: Run, loader: ResidentLoader, stop: d
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         bar.update(1)
-        if run.progress and (step % 25 == 0 or step == len(loader) - 1):  # the only sync, for the bar
+        if not bar.disable and (step % 25 == 0 or step == len(loader) - 1):  # the only sync, for the bar
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
                             ips=f"{run.dist.world * seen / (time.perf_counter() - t0 - state.partial.seconds):.0f}")
         stopping = run.stopping(stop, state.global_step)
@@ -299,6 +300,11 @@ def train_one_epoch(state: TrainState, run: Run, loader: ResidentLoader, stop: d
     if not math.isfinite(stats.loss):
         raise run.non_finite(state.epoch)
     return stats
+
+
+# a metrics.jsonl column -> its TensorBoard tag, grouped so that train and val share a chart
+TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
+                    "val_acc": "acc/val", "lr": "lr", "seconds": "time/epoch_s", "images_per_s": "time/images_per_s"}
 
 
 def end_of_epoch(state: TrainState, run: Run, stats: EpochStats, data: Cifar10,
@@ -324,13 +330,14 @@ def end_of_epoch(state: TrainState, run: Run, stats: EpochStats, data: Cifar10,
         write_metrics(run.run_dir, state.history)
         reporting.plot_curves(state.history, run.run_dir / "curves.png")
     if run.writer is not None:
-        for key, value in row.items():
-            if key != "epoch" and value is not None:
-                run.writer.add_scalar(key, value, row["epoch"])
-    if run.progress:
+        for key, tag in TENSORBOARD_TAGS.items():
+            if row[key] is not None:
+                run.writer.add_scalar(tag, row[key], row["epoch"])
+    if run.dist.is_main:  # one line per epoch, bars or not, so that a log file shows the run
         val = "" if row["val_acc"] is None else f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_acc']:.2f}%"
         tqdm.write(f"epoch {row['epoch']:>3}/{run.config.epochs} train_loss {stats.loss:.4f} "
-                   f"train_acc {100 * stats.accuracy:.2f}%{val} {row['images_per_s']:.0f} img/s {stats.seconds:.1f}s")
+                   f"train_acc {100 * stats.accuracy:.2f}%{val} lr {row['lr']:.4g} "
+                   f"{row['images_per_s']:.0f} img/s {stats.seconds:.1f}s")
 
 
 @contextmanager
