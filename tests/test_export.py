@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO, SHARED_ARCHIVE, http_server, run_cli
 
-from alexnet_cifar10 import load_model
+from alexnet_cifar10 import CLASSES, load_model
 from alexnet_cifar10.errors import CheckpointError, DownloadError
 
 
@@ -32,7 +32,11 @@ def test_onnx_matches_pytorch_on_1000_real_images(checkpoint: Path, tmp_path: Pa
     found = re.search(r"on (\d+) images: max \|logit diff\| (\S+), top-1 agreement (\S+)%", result.stdout)
     assert found, result.stdout
     assert int(found.group(1)) == 1000 and float(found.group(2)) < 1e-3 and float(found.group(3)) == 100.0
-    print(result.stdout)
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}  # what an ONNX user reads the labels from
+    assert json.loads(props["classes"]) == list(CLASSES) and props["model_name"] == "alexnet_tiny"
+    assert "[0, 1]" in props["input"] and props["producer"] == "alexnet-cifar10"
 
 
 def test_safetensors_pt2_and_torchscript_give_the_same_outputs(checkpoint: Path, tmp_path: Path) -> None:
@@ -41,6 +45,10 @@ def test_safetensors_pt2_and_torchscript_give_the_same_outputs(checkpoint: Path,
     st = tmp_path / "w.safetensors"
     assert run_cli("export", str(checkpoint), "--format", "safetensors", "--out", str(st)).returncode == 0
     assert torch.equal(load_model(st)(x), ref)
+    from safetensors import safe_open
+
+    with safe_open(str(st), "pt") as f:
+        assert json.loads(f.metadata()["classes"]) == list(CLASSES) == list(load_model(st).classes)
     pt2 = tmp_path / "m.pt2"
     assert run_cli("export", str(checkpoint), "--format", "pt2", "--out", str(pt2)).returncode == 0
     program = torch.export.load(str(pt2)).module()

@@ -14,7 +14,7 @@ import torch
 from conftest import run_cli
 
 from alexnet_cifar10 import pretrained
-from alexnet_cifar10.checkpoint import load_model, save_safetensors
+from alexnet_cifar10.checkpoint import load_model, save_checkpoint, save_safetensors
 from alexnet_cifar10.errors import CheckpointError
 from alexnet_cifar10.models import create_model
 
@@ -149,3 +149,31 @@ def test_the_shipped_weights_reproduce_their_recorded_validation_results(name: s
     recorded, check = info["check_predictions_float32"], info["check_images"]
     agree = sum(int(c) == int(p) for c, p in zip(recorded, result.predictions[check].tolist(), strict=True))
     assert agree >= 0.99 * len(recorded)
+
+
+def test_the_shipped_weights_are_listed_with_their_metadata_and_shown_by_models() -> None:
+    from alexnet_cifar10 import CLASSES, list_weights
+
+    rows = {w["name"]: w for w in list_weights()}
+    assert set(rows) == set(pretrained.shipped()) >= {"seed", "best"}
+    for name, row in rows.items():
+        model = load_model(name)
+        assert type(model).__name__ == "AlexNet" and model.classes == CLASSES == tuple(row["classes"])
+        assert model.state_dict().keys() == create_model(row["model"]).state_dict().keys()
+        assert 0.1 < row["val_accuracy"]["plain"] <= 1 and row["sha256"] == pretrained.shipped_info(name)["sha256"]
+    shown = run_cli("models", "--json")
+    assert shown.returncode == 0, shown.stderr
+    by_network = {r["name"]: [w["name"] for w in r["weights"]] for r in json.loads(shown.stdout)}
+    assert by_network[rows["best"]["model"]] == ["best"] and by_network[rows["seed"]["model"]] == ["seed"]
+    assert by_network["alexnet_tiny"] == []
+    table = run_cli("models").stdout
+    assert f"--weights best: validation {100 * rows['best']['val_accuracy']['tta']:.2f} % with TTA" in table
+
+
+@pytest.mark.parametrize("classes", [["cat"] * 9, [1] * 10, ["a\nb"] * 10, "airplane", ["x" * 65] * 10])
+def test_a_checkpoint_with_bad_class_names_is_refused(classes: object, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = {"model_name": "alexnet_tiny", "model": create_model("alexnet_tiny").state_dict(), "classes": classes}
+    save_checkpoint(tmp_path / "c.pt", state)
+    with pytest.raises(CheckpointError, match="classes is not a list of 10 class names"):
+        load_model(tmp_path / "c.pt")

@@ -20,7 +20,7 @@ except PackageNotFoundError:  # a source checkout on sys.path without an install
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "load_checkpoint": "checkpoint", "load_model": "checkpoint",
+    "load_checkpoint": "checkpoint", "load_model": "checkpoint", "list_weights": "pretrained",
     "RECIPES": "config", "Config": "config", "make_config": "config",
     "CLASSES": "data", "Cifar10": "data", "Split": "data", "load_cifar10": "data",
     "AlexNetCifarError": "errors",

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from alexnet_cifar10 import pretrained
+from alexnet_cifar10.data.formats import CLASSES
 from alexnet_cifar10.errors import TORCH_LOAD_ERRORS, CheckpointError, ConfigError, first_line, write_failure
 from alexnet_cifar10.io import atomic_write, atomic_write_serialized
 from alexnet_cifar10.models import AlexNet, create_model, expected_state
@@ -34,6 +35,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 # The largest checkpoint file read: MAX_PARAMETERS float32 weights five times over (the model, its EMA and
 # lookahead copies, Adam's two moments) with room to spare.
 MAX_CHECKPOINT_BYTES = 4 << 30
+MAX_CLASS_NAME = 64  # characters of one class name a checkpoint may record
 MAX_ZIP_ENTRIES = 10_000  # a checkpoint holds one entry per tensor storage, a few hundred at most
 
 
@@ -139,6 +141,10 @@ def check_state(state: object, where: str | Path) -> dict[str, Any]:
     shift = config.get("tta_shift", 0)
     if not isinstance(shift, int) or isinstance(shift, bool) or not 0 <= shift <= 8:
         raise CheckpointError(f"{where}: config tta_shift is not an integer 0-8")
+    classes = state.get("classes")
+    if classes is not None and (not isinstance(classes, list | tuple) or len(classes) != len(CLASSES) or not all(
+            isinstance(c, str) and 0 < len(c) <= MAX_CLASS_NAME and c.isprintable() for c in classes)):
+        raise CheckpointError(f"{where}: classes is not a list of {len(CLASSES)} class names")
     return state
 
 
@@ -160,6 +166,8 @@ def save_safetensors(state: dict[str, Any], out: Path, half: bool = False) -> No
                     "format": "alexnet-cifar10"}
         if state.get("config"):  # the run's settings: evaluate and predict then use its test-time augmentation
             metadata["config"] = json.dumps(state["config"])
+        if state.get("classes"):
+            metadata["classes"] = json.dumps(list(state["classes"]))
     except (TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"the checkpoint's settings cannot be written as JSON ({first_line(e)[:120]})") from None
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -178,12 +186,12 @@ def load_safetensors(path: str | Path) -> dict:
     if "model_name" not in meta:
         raise CheckpointError(f"{path}: safetensors file without alexnet-cifar10 metadata (model_name)")
     state: dict = {"model": tensors, "model_name": meta["model_name"]}
-    for key, default in (("model_kwargs", "{}"), ("config", "null")):
+    for key, default in (("model_kwargs", "{}"), ("config", "null"), ("classes", "null")):
         try:
             state[key] = json.loads(meta.get(key, default))
         except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             raise CheckpointError(f"{path}: unreadable {key} metadata") from None
-        if not isinstance(state[key], dict | None):
+        if key != "classes" and not isinstance(state[key], dict | None):  # classes: checked by check_state
             raise CheckpointError(f"{path}: {key} metadata is not a JSON object")
     return check_state(state, path)
 
@@ -253,7 +261,8 @@ def check_model(state: object, where: str | Path) -> dict[str, Any]:
 
 
 def model_from_state(state: dict[str, Any]) -> AlexNet:
-    """The model of a checkpoint's state, in eval mode, built only after ``check_model`` accepts the state."""
+    """The model of a checkpoint's state, in eval mode, built only after ``check_model`` accepts the state; its
+    ``classes`` name its outputs, as the checkpoint records them."""
     state = check_model(state, "checkpoint")
     name = state["model_name"]
     try:
@@ -261,6 +270,7 @@ def model_from_state(state: dict[str, Any]) -> AlexNet:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint weights do not fit model {name}: {first_line(e)[:160]}") from None
+    model.classes = tuple(state.get("classes") or CLASSES)
     return model.eval()
 
 
@@ -278,7 +288,8 @@ def load_model(weights: str | Path, device: str | torch.device = "cpu") -> AlexN
     """The trained model of shipped weights (by name) or of a checkpoint or .safetensors path, in eval
     mode, in float32 (EMA weights when the run kept them).
 
-    It takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself.
+    It takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself; ``model.classes`` names the
+    outputs (the CIFAR-10 classes, in label order).
     """
     return model_from_state(trained_state(weights)).float().to(device)
 

@@ -168,20 +168,22 @@ def predict(
     tta: bool = False,
     tta_shift: int = 0,
 ) -> list[Prediction]:
-    """Top-k classes for each image file; a file that fails gets its own error, the rest go on."""
+    """Top-k classes for each image file, named by ``model.classes`` (CIFAR-10's where the model has none); a
+    file that fails gets its own error, the rest go on."""
     check_tta_shift(tta_shift)
+    classes = getattr(model, "classes", CLASSES)
     device = torch.device(device)
     model.eval()
     results: list[Prediction] = []
     good: list[tuple[int, torch.Tensor]] = []  # decoded images waiting for the next batch
-    k = max(1, min(top_k, len(CLASSES)))
+    k = max(1, min(top_k, len(classes)))
 
     def classify() -> None:
         batch = torch.stack([x for _, x in good]).to(device, memory_format=torch.channels_last)  # as evaluate
         probs = logits_of(model, batch, tta, tta_shift).softmax(1).cpu()
         values, indices = probs.topk(k, dim=1)
         for (i, _), vals, idxs in zip(good, values, indices, strict=True):
-            results[i].top = [(CLASSES[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
+            results[i].top = [(classes[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
         good.clear()
 
     for path in expand_inputs(paths):  # in batches of PREDICT_BATCH: memory stays flat however many files

@@ -6,11 +6,13 @@ normalisation is inside the model.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ from alexnet_cifar10.errors import ConfigError
 from alexnet_cifar10.io import atomic_write, check_replaceable
 
 FORMATS = EXPORT_FORMATS
+INPUT_DESCRIPTION = "float RGB images in [0, 1], N x 3 x 32 x 32 (normalised inside the model)"
 
 
 def _example_batch() -> torch.Tensor:
@@ -44,12 +47,29 @@ def _write_via_temp(out: Path, write) -> None:  # noqa: ANN001 - write(path)
         atomic_write(out, lambda f: f.write(path.read_bytes()))
 
 
-def export_onnx(model: nn.Module, out: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _write_via_temp(out, lambda p: torch.onnx.export(
-            model, (_example_batch(),), str(p), dynamo=False, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17))
+def export_onnx(model: nn.Module, out: Path, metadata: dict[str, str] | None = None) -> None:
+    """``metadata``: key-value text stored in the ONNX file (``metadata_props``), e.g. the class names."""
+    onnx = require("onnx")
+
+    def write(path: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (_example_batch(),), str(path), dynamo=False, input_names=["images"],
+                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=17)
+        if metadata:
+            graph = onnx.load(str(path))
+            onnx.helper.set_model_props(graph, metadata)
+            onnx.save(graph, str(path))
+
+    _write_via_temp(out, write)
+
+
+def metadata_of(state: dict[str, Any], model: nn.Module) -> dict[str, str]:
+    """What an exported file records beside the network: its name and settings, its classes in output order, its
+    input, the package version."""
+    return {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs") or {}),
+            "classes": json.dumps(list(model.classes)), "input": INPUT_DESCRIPTION, "producer": "alexnet-cifar10"}
 
 
 def check_onnx(model: nn.Module, onnx_file: Path, images: torch.Tensor, batch: int = 250) -> OnnxCheck:
@@ -93,8 +113,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> nn.Module:
     model = model_from_state(state).float().eval()
     model = model.to(memory_format=torch.contiguous_format)
     if fmt == "onnx":
-        require("onnx")
-        export_onnx(model, out)
+        export_onnx(model, out, metadata_of(state, model))
     elif fmt == "safetensors":
         save_safetensors(state, out)
     elif fmt == "pt2":

@@ -38,6 +38,21 @@ def shipped_info(name: str) -> dict[str, Any]:
     return info
 
 
+def list_weights() -> list[dict[str, Any]]:
+    """The shipped weights, as torchvision lists its weights with their metadata: name, network, recipe, classes,
+    validation accuracy (plain and with the weights' test-time augmentation) and, where measured, the accuracy on
+    the held-out test split, with what it was measured on."""
+    from alexnet_cifar10.data.formats import CLASSES
+
+    rows = []
+    for name in shipped():
+        info = shipped_info(name)
+        rows.append({"name": name, "model": info.get("model"), "recipe": info.get("recipe"), "classes": list(CLASSES),
+                     "val_accuracy": info.get("val_accuracy"), "test_accuracy": info.get("test_accuracy"),
+                     "test_data": info.get("test_data"), "bytes": info.get("bytes"), "sha256": info["sha256"]})
+    return rows
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
