@@ -1,7 +1,7 @@
 """AlexNet on CIFAR-10: the library API that the CLI and the notebook share.
 
 >>> from alexnet_cifar10 import load_cifar10, make_config, train, load_model, predict
->>> data = load_cifar10("data")                       # doctest: +SKIP
+>>> data = load_cifar10("data", auto_download=True)  # doctest: +SKIP
 >>> result = train(make_config("seed", epochs=1))     # doctest: +SKIP
 
 The names below load their module (and torch) on first use, so that ``alexnet-cifar10 --help`` and
@@ -11,13 +11,9 @@ The names below load their module (and torch) on first use, so that ``alexnet-ci
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("alexnet-cifar10")  # pyproject.toml's, the one place it is written
-except PackageNotFoundError:  # a source checkout on sys.path without an install (e.g. torch.hub)
-    __version__ = "0+unknown"
+from alexnet_cifar10.version import __version__ as __version__
 
 _EXPORTS = {
     "load_checkpoint": "checkpoint", "load_model": "checkpoint", "list_weights": "pretrained",

@@ -9,8 +9,8 @@ import argparse
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from alexnet_cifar10 import __version__
 from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, EXPORT_FORMATS, RECIPES, Config, flag
+from alexnet_cifar10.version import __version__
 
 PROG = "alexnet-cifar10"
 

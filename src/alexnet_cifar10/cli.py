@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_cifar10.arguments import PROG, build_parser
-from alexnet_cifar10.config import Bounds, Config, bounds_of, check_bounds, config_from_file, make_config
+from alexnet_cifar10.config import (
+    Bounds,
+    Config,
+    bounds_of,
+    check_bounds,
+    config_from_file,
+    downloads_into,
+    make_config,
+)
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.io import atomic_write_text, check_replaceable, foreign_files
 
@@ -44,7 +52,7 @@ def load_data(args: argparse.Namespace, progress: bool = False):  # noqa: ANN201
 
     check_flags(args, "val_size", "split_seed")
     return load_cifar10(args.data, val_size=args.val_size, seed=args.split_seed, cache_dir=args.cache_dir,
-                        url=args.url, progress=progress)
+                        url=args.url, progress=progress, auto_download=downloads_into(args.data))
 
 
 # the numeric flags that are not training settings, and the values they may take (the others take their setting's)

@@ -17,6 +17,13 @@ from alexnet_cifar10.errors import ConfigError, shown
 from alexnet_cifar10.io import read_json
 
 DEFAULT_DATA = "data"  # the folder a plain `train` reads, and downloads into when it is absent
+
+
+def downloads_into(data: str | Path) -> bool:
+    """Whether ``--data`` is the default folder, which gets the official archive when it is missing or empty."""
+    return Path(data).expanduser() == Path(DEFAULT_DATA)
+
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 EXPORT_FORMATS = ("onnx", "safetensors", "pt2", "torchscript")

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from alexnet_cifar10 import __version__
 from alexnet_cifar10.config import MAX_CONFIG_BYTES, PROVENANCE, Config, flag, load_config
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
 from alexnet_cifar10.io import atomic_write_text, check_replaceable, foreign_files, read_json, remove_stale_temps
+from alexnet_cifar10.version import __version__
 
 try:
     import fcntl

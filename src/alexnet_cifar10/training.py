@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from alexnet_cifar10 import __version__, distributed, reporting
+from alexnet_cifar10 import distributed, reporting
 from alexnet_cifar10.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
-from alexnet_cifar10.config import Config
+from alexnet_cifar10.config import Config, downloads_into
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.device import autocast, configure_backends, precision_choice, select_device, set_threads
@@ -55,6 +55,7 @@ from alexnet_cifar10.runs import (
     write_run_file,
 )
 from alexnet_cifar10.state import EpochStats, TrainState
+from alexnet_cifar10.version import __version__
 
 STOP_CHECK = 10  # steps between the collective checks for SIGINT/SIGTERM under torchrun
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "epoch", "step", "rng", "partial")
@@ -173,8 +174,8 @@ def _train(config: Config, saved: dict[str, Any] | None, data: Cifar10 | None, r
            device: torch.device, dist: distributed.Dist, cache_dir: str | None, precision_reason: str) -> TrainResult:
     configure_backends(config, device)
     if data is None:  # everything resident on the device as uint8
-        data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed,
-                            cache_dir=cache_dir, progress=config.progress and dist.is_main)
+        data = load_cifar10(config.data, val_size=config.val_size, seed=config.split_seed, cache_dir=cache_dir,
+                            progress=config.progress and dist.is_main, auto_download=downloads_into(config.data))
     torch.manual_seed(config.seed)
     train_loader, val_loader = make_loaders(config, data, device, dist)
     state = build_state(config, data, device, dist, len(train_loader), resuming=saved is not None)

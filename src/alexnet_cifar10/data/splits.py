@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from alexnet_cifar10.config import DEFAULT_DATA
 from alexnet_cifar10.data import cache, download, formats, sources
 from alexnet_cifar10.errors import DataError
 
@@ -25,6 +24,15 @@ class Split:
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=len(formats.CLASSES)).tolist()
+
+    def subset(self, size: int, seed: int = 0) -> Split:
+        """``size`` of the images, spread evenly over the classes, in a seeded random order: a quick run's data
+        (image folders list their files class by class, so the first ``size`` would be one class)."""
+        if not 0 < size < len(self):
+            raise DataError(f"a subset takes 1 to {len(self) - 1} of the split's {len(self)} images, not {size}")
+        _, picked = stratified_split(self.labels, size, seed, what=f"a subset of {size}")
+        picked = picked[torch.randperm(len(picked), generator=torch.Generator().manual_seed(seed))]
+        return Split(self.images[picked], self.labels[picked])
 
 
 @dataclass
@@ -58,8 +66,10 @@ class Cifar10:
         return "val" if self.val is not None and len(self.val) else "train"
 
 
-def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val): ``val_size`` images spread evenly over the classes, seeded."""
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int,
+                     what: str = "--val-size") -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val): ``val_size`` images spread evenly over the classes, seeded; ``what`` names the
+    request in errors."""
     n_classes = len(formats.CLASSES)
     if val_size < 0:
         raise DataError(f"--val-size must be 0 or more, got {val_size}")
@@ -72,7 +82,8 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
         members = (labels == c).nonzero().flatten()
         if k > len(members):
             raise DataError(
-                f"--val-size {val_size} needs {k} images of class {formats.CLASSES[c]}, "
+                f"{what if what != '--val-size' else f'--val-size {val_size}'} needs {k} images of class "
+                f"{formats.CLASSES[c]}, "
                 f"the training split has {len(members)}"
             )
         val_idx.append(members[torch.randperm(len(members), generator=gen)[:k]])
@@ -113,24 +124,23 @@ def decode_source(path: Path, progress: bool) -> tuple[str, formats.Decoded]:
 
 
 def load_cifar10(
-    data: str | Path = DEFAULT_DATA,
+    data: str | Path,
     *,
     val_size: int = 5000,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
-    auto_download: bool | None = None,
+    auto_download: bool = False,
     url: str | None = None,
     progress: bool = False,
 ) -> Cifar10:
     """Load CIFAR-10 from any supported layout, with a stratified validation split.
 
-    ``auto_download`` defaults to True only for the default ``./data`` folder.
+    ``auto_download``: a missing or empty folder ``data`` gets the official archive (the CLI's default ``./data``
+    does); otherwise it is an error.
     """
     start = time.perf_counter()
     path = Path(data).expanduser()
-    if auto_download is None:
-        auto_download = path == Path(DEFAULT_DATA)
     path = resolve_source(path, auto_download=auto_download, url=url, progress=progress)
     cache_file = cache.cache_path(path, Path(cache_dir) if cache_dir else None) if use_cache else None
     cached = cache.load_cache(cache_file) if cache_file else None
