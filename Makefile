@@ -34,11 +34,11 @@ train: $(INSTALLED)
 	$(BIN)/alexnet-cifar10 train --data "$(DATA)" $(ARGS)
 
 test: $(EXTRAS)
-	$(BIN)/ruff check src tests benchmarks notebooks hubconf.py
+	$(BIN)/ruff check src tests benchmarks scripts notebooks hubconf.py
 	$(BIN)/python -m pytest -q -n auto --dist loadfile  # one worker per core; a test file's tests share one
 
 lint: $(EXTRAS)
-	$(BIN)/ruff check src tests benchmarks notebooks hubconf.py
+	$(BIN)/ruff check src tests benchmarks scripts notebooks hubconf.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from alexnet_cifar10 import pretrained
 from alexnet_cifar10.checkpoint import load_model, save_checkpoint, save_safetensors
@@ -72,9 +72,9 @@ def test_predict_with_a_name_that_does_not_ship_is_one_line(tmp_path: Path) -> N
 
 
 def run_ship(*args: str) -> subprocess.CompletedProcess[str]:
-    """The maintainers' shipping tool, ``python -m alexnet_cifar10.ship``, in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "alexnet_cifar10.ship", *args], capture_output=True, text=True,
-                          timeout=300)
+    """The maintainers' shipping tool, ``scripts/ship_weights.py``, in a subprocess."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "ship_weights.py"), *args], capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_a_run_ships_as_float16_weights_with_what_the_json_promises(tmp_path: Path, tiny_png: Path,
@@ -119,13 +119,13 @@ def test_a_run_ships_as_float16_weights_with_what_the_json_promises(tmp_path: Pa
 def test_the_shipping_tool_refuses_what_is_not_a_finished_run(tmp_path: Path) -> None:
     result = run_ship(str(tmp_path), "--name", "x", "--data", str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (f"python -m alexnet_cifar10.ship: error: {tmp_path}: not a finished run (no "
+    assert result.stderr.strip() == (f"ship_weights.py: error: {tmp_path}: not a finished run (no "
                                       "best.pt or config.json)")
     out = tmp_path / "weights"
     out.mkdir()
     os.mkfifo(out / "x.json")
     result = run_ship(str(tmp_path), "--name", "x", "--data", str(tmp_path), "--out", str(out))
-    assert result.stderr.strip() == (f"python -m alexnet_cifar10.ship: error: {out / 'x.json'}: is a FIFO, not a "
+    assert result.stderr.strip() == (f"ship_weights.py: error: {out / 'x.json'}: is a FIFO, not a "
                                      "regular file; give the path of a file to write")
     assert stat.S_ISFIFO((out / "x.json").lstat().st_mode)
 

@@ -167,7 +167,9 @@ def printed_config(config: Config) -> dict[str, Any]:
     """What --print-config shows: the settings, and the training compute they cost on CIFAR-10's training split
     less the validation images (a run records its own count, from the data it trains on)."""
     from alexnet_cifar10.models import create_model, training_pflop
+    from alexnet_cifar10.training import check_network
 
+    check_network(config)
     images = max(CIFAR10_TRAIN_IMAGES - config.val_size, 0)
     pflop = training_pflop(create_model(config.model, dropout=config.dropout), images, config.epochs)
     return {**config.to_dict(), "training_images": images, "training_pflop": round(pflop, 4)}

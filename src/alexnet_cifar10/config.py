@@ -154,11 +154,7 @@ class Config:
                               "no / or \\; --out DIR puts a run anywhere)")
         if self.alternate_flip and not self.flip:
             raise ConfigError("--alternate-flip needs --flip")
-        if self.whiten:
-            from alexnet_cifar10.models import check_whitenable  # models import torch; configs need not
-
-            check_whitenable(self.model)
-        return self
+        return self  # the network's own checks are models' (training.check_network)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

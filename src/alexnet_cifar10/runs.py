@@ -93,12 +93,6 @@ def resumed_config(resume: Path, overrides: dict[str, Any]) -> Config:
     return Config.from_dict({**load_config(run_dir / "config.json").to_dict(), **overrides, "out": str(run_dir)})
 
 
-def model_identity(config: Config) -> dict[str, Any]:
-    """What a checkpoint or model.safetensors needs beside the weights: the network to rebuild, and the run's
-    settings (evaluate and predict take its test-time augmentation from them)."""
-    return {"model_name": config.model, "model_kwargs": {"dropout": config.dropout}, "config": config.to_dict()}
-
-
 def check_resume_model(config: Config, state: dict[str, Any], checkpoint_file: Path) -> None:
     """The run's config.json must describe the network its last.pt holds (a hand-edited or older config.json
     would otherwise rebuild another network, or silently train on with another dropout or first layer)."""

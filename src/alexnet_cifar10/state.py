@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,9 +12,11 @@ import torch
 from torch import nn
 
 from alexnet_cifar10.checkpoint import rng_state, set_rng_state
+from alexnet_cifar10.config import Config
 from alexnet_cifar10.errors import CheckpointError, first_line, shortened
 from alexnet_cifar10.models import AlexNet
 from alexnet_cifar10.optimization import EMA
+from alexnet_cifar10.version import __version__
 
 
 @dataclass
@@ -84,6 +87,13 @@ def checked_progress(saved: dict[str, Any]) -> tuple[int, int, int, float, list[
     return counters["epoch"], counters["step"], counters["global_step"], float(saved["best_acc"]), history, partial
 
 
+def model_identity(config: Config, classes: Sequence[str]) -> dict[str, Any]:
+    """What a checkpoint or model.safetensors holds beside the weights: the network to rebuild, the run's settings
+    (evaluate and predict take its test-time augmentation from them), the class names and the package version."""
+    return {"model_name": config.model, "model_kwargs": {"dropout": config.dropout}, "config": config.to_dict(),
+            "classes": list(classes), "version": __version__}
+
+
 @dataclass
 class TrainState:
     """Everything that changes from step to step; ``to_checkpoint`` and ``load`` are its checkpoint entries.
@@ -107,9 +117,11 @@ class TrainState:
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    def to_checkpoint(self) -> dict[str, Any]:
-        """Tensors and plain values only, so that a weights_only load reads them back."""
+    def to_checkpoint(self, config: Config, classes: Sequence[str]) -> dict[str, Any]:
+        """The checkpoint of this state (``model_identity`` and the training state). Tensors and plain values
+        only, so that a weights_only load reads them back."""
         return {
+            **model_identity(config, classes),
             "model": self.model.state_dict(),
             "ema_model": self.ema.module.state_dict() if self.ema is not None else None,
             "ema_updates": self.ema.updates if self.ema is not None else 0,

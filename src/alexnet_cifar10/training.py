@@ -34,6 +34,7 @@ from alexnet_cifar10.evaluation import EvalResult, evaluate
 from alexnet_cifar10.models import (
     AlexNet,
     batch_norms,
+    check_whitenable,
     create_model,
     dirac_init,
     freeze_first_conv,
@@ -45,7 +46,6 @@ from alexnet_cifar10.runs import (
     check_resume_model,
     claimed,
     device_name,
-    model_identity,
     open_tensorboard,
     provenance,
     resumed_config,
@@ -54,7 +54,7 @@ from alexnet_cifar10.runs import (
     write_metrics,
     write_run_file,
 )
-from alexnet_cifar10.state import EpochStats, TrainState
+from alexnet_cifar10.state import EpochStats, TrainState, model_identity
 from alexnet_cifar10.version import __version__
 
 STOP_CHECK = 10  # steps between the collective checks for SIGINT/SIGTERM under torchrun
@@ -98,8 +98,7 @@ class Run:
     def save(self, state: TrainState, name: str) -> None:
         """A checkpoint in the run folder (rank 0 alone writes)."""
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, {**model_identity(self.config), **state.to_checkpoint(),
-                                                  "version": __version__, "classes": self.classes})
+            save_checkpoint(self.run_dir / name, state.to_checkpoint(self.config, self.classes))
 
     def sums(self, loss: torch.Tensor, correct: torch.Tensor, seen: int, before: EpochStats,
              t0: float) -> EpochStats:
@@ -147,7 +146,14 @@ def resume(run_dir: str | Path, *, dataset: Cifar10 | None = None, cache_dir: st
     return _start(config, saved, dataset, cache_dir)
 
 
+def check_network(config: Config) -> None:
+    """What the settings ask of the network, checked before any data loads: --whiten's first convolution."""
+    if config.whiten:
+        check_whitenable(config.model)
+
+
 def _start(config: Config, saved: dict[str, Any] | None, data: Cifar10 | None, cache_dir: str | None) -> TrainResult:
+    check_network(config)
     device = select_device(config.device)
     set_threads(config.threads)  # before the precision probe, which times the run's own thread count
     # config.json and the checkpoints record what the run computes in, not "auto": a resume keeps it
@@ -386,7 +392,8 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
                       channels_last=config.channels_last)
     pflop = training_pflop(model, len(data.train), config.epochs)
     write_run_file(run_dir / "final.json", json.dumps({**result.to_dict(), "training_pflop": pflop}, indent=2))
-    save_safetensors({"model": model.state_dict(), **model_identity(config)}, run_dir / "model.safetensors")
+    save_safetensors({"model": model.state_dict(), **model_identity(config, data.classes)},
+                     run_dir / "model.safetensors")
     reporting.plot_confusion(result, run_dir / "confusion.png")
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
                            run_dir / "samples.png")

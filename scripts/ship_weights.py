@@ -1,6 +1,6 @@
-"""Write a finished run's weights as weights that ship with the package.
+"""Write a finished run's weights as weights that ship with the package (a maintainers' tool, not installed).
 
-    python -m alexnet_cifar10.ship runs/NAME --name seed --data PATH [--out FOLDER]
+    python scripts/ship_weights.py runs/NAME --name seed --data PATH [--out FOLDER]
 
 It writes ``weights/<name>.safetensors`` (float16) and ``weights/<name>.json``: the recipe, model, commit and
 training data of the run, the validation accuracy of the float16 weights (plain and with the run's
@@ -30,6 +30,7 @@ from alexnet_cifar10.evaluation import evaluate
 from alexnet_cifar10.io import atomic_write_text, check_replaceable
 from alexnet_cifar10.models import current_name
 
+PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "alexnet_cifar10" / "weights"  # of this clone
 MAX_BYTES = 16 * 1024 * 1024
 CHECK_PER_CLASS = 51  # validation images of each class whose float32 predictions the JSON keeps (510 in all)
 
@@ -69,11 +70,10 @@ def check_out(out_dir: Path, name: str) -> None:
     check_replaceable(out_dir, (f"{name}.safetensors", f"{name}.json"), ConfigError)
 
 
-def ship(run_dir: Path, name: str, data: Cifar10, out_dir: Path | None = None) -> dict[str, Any]:
+def ship(run_dir: Path, name: str, data: Cifar10, out_dir: Path = PACKAGE_WEIGHTS) -> dict[str, Any]:
     """Write ``run_dir``'s best.pt as the shipped weights ``name`` into ``out_dir`` (the package's weights/).
     Both files are written beside the old ones and replace them only once everything is checked, so a failed
     ship leaves the shipped weights as they were."""
-    out_dir = out_dir or pretrained.WEIGHTS_DIR
     check_out(out_dir, name)
     run = read_run(run_dir)
     if data.val is None or len(data.val) == 0:
@@ -113,19 +113,20 @@ def ship(run_dir: Path, name: str, data: Cifar10, out_dir: Path | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alexnet_cifar10.ship", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ship_weights.py", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished run folder (best.pt, config.json)")
     parser.add_argument("--name", required=True, help="the name users load it by, e.g. seed or best")
     parser.add_argument("--data", required=True, help="the data the run trained on (for its validation split)")
-    parser.add_argument("--out", type=Path, default=None, help="folder to write into (default: the package's weights)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder to write into (default: this clone's src/alexnet_cifar10/weights)")
     args = parser.parse_args(argv)
     try:
         if not args.name.isidentifier():
             raise ConfigError(f"--name {args.name!r}: a shipped name is a Python identifier, e.g. best")
-        check_out(args.out or pretrained.WEIGHTS_DIR, args.name)  # before the data loads
+        check_out(args.out or PACKAGE_WEIGHTS, args.name)  # before the data loads
         run = read_run(args.run)
         data = load_cifar10(args.data, val_size=run["val_size"], seed=run["split_seed"])
-        info = ship(args.run, args.name, data, out_dir=args.out)
+        info = ship(args.run, args.name, data, args.out or PACKAGE_WEIGHTS)
     except AlexNetCifarError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
