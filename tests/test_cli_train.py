@@ -580,3 +580,24 @@ def test_a_log_file_gets_one_line_per_epoch_and_no_bars(tiny_png: Path, tmp_path
     pattern = (r"epoch +[12]/2 train_loss \d+\.\d{4} train_acc \d+\.\d\d% val_loss \d+\.\d{4} val_acc \d+\.\d\d% "
                r"lr [\d.e-]+ \d+ img/s \d+\.\ds")
     assert len(lines) == 2 and all(re.fullmatch(pattern, line) for line in lines), result.stdout
+
+
+def test_result_json_records_what_was_evaluated(trained_run: Path, tiny_png: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    from alexnet_cifar10 import __version__
+    from alexnet_cifar10.pretrained import shipped_info
+
+    checkpoint = trained_run / "best.pt"
+    for weights, expected in ((str(checkpoint), str(checkpoint.resolve())), ("seed", "seed")):
+        given = ("--weights", weights) if weights == "seed" else (weights,)
+        out = tmp_path / weights.replace("/", "_")
+        result = run_cli("evaluate", *given, "--data", str(tiny_png), "--val-size", "20", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        record = json.loads((out / "result.json").read_text())["evaluated"]
+        sha = (shipped_info("seed")["sha256"] if weights == "seed"
+               else hashlib.sha256(checkpoint.read_bytes()).hexdigest())
+        assert record["weights"] == expected and record["weights_sha256"] == sha
+        assert record["model"] == "alexnet_narrow_bn" and record["data"] == str(tiny_png)
+        assert (record["val_size"], record["split_seed"], record["version"]) == (20, 0, __version__)
+        assert record["torch"] == torch.__version__ and record["precision"] == "fp32"

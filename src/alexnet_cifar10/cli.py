@@ -28,6 +28,7 @@ from alexnet_cifar10.config import (
 )
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.io import atomic_write_text, check_replaceable, foreign_files
+from alexnet_cifar10.version import __version__
 
 
 def weights_of(args: argparse.Namespace) -> str:
@@ -227,18 +228,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tta, shift = tta_of(args, state)
     result = evaluate(model, split.images, split.labels, split=name, batch_size=args.batch_size,
                       device=device, tta=tta, tta_shift=shift)
+    record = {**result.to_dict(), "evaluated": evaluated(args, state, data, device)}
     if args.out:
         out = Path(args.out)
-        atomic_write_text(out / EVALUATION_FILES[0], json.dumps(result.to_dict(), indent=2))
+        atomic_write_text(out / EVALUATION_FILES[0], json.dumps(record, indent=2))
         reporting.plot_confusion(result, out / EVALUATION_FILES[1])
         reporting.plot_samples(split.images, split.labels, result.predictions, data.classes, out / EVALUATION_FILES[2])
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(record, indent=2))
     else:
         print(f"{weights_of(args)} on the {name} split ({len(split)} images), test-time augmentation: "
               f"{result.tta_text()}")
         print(result.table())
     return 0
+
+
+def evaluated(args: argparse.Namespace, state: dict[str, Any], data: Any, device: Any) -> dict[str, Any]:
+    """What an evaluation's result.json records of what it evaluated: the weights (shipped name or checkpoint
+    path) and their sha256, the network, the data and its split, and the software and device that computed it."""
+    import torch
+
+    from alexnet_cifar10 import pretrained
+    from alexnet_cifar10.runs import device_name
+
+    weights = weights_of(args)
+    path = pretrained.resolve(weights)
+    return {"weights": weights if pretrained.is_shipped_name(weights) else str(path.resolve()),
+            "weights_sha256": pretrained.sha256(path), "model": state["model_name"], "data": str(data.source),
+            "val_size": args.val_size, "split_seed": args.split_seed, "version": __version__,
+            "torch": torch.__version__, "device": device_name(device), "precision": "fp32"}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
