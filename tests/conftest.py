@@ -147,8 +147,11 @@ def _cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.M
     if request.node.get_closest_marker("gpu") is None:
         import torch
 
+        from alexnet_cifar10 import device
+
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(device, "mps_available", lambda: False)  # in this process; MPS has no such variable
 
 
 @pytest.fixture(autouse=True)

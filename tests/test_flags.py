@@ -151,3 +151,42 @@ def test_compile_trains_through_torch_compile_and_saves_plain_weights(tiny_png: 
     from alexnet_cifar10 import load_model
 
     load_model(run / "last.pt")  # strict: every key of the network, no other
+
+
+def test_device_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet_cifar10 import device
+
+    assert device.select_device("auto").type == "cpu"
+    monkeypatch.setattr(device, "mps_available", lambda: True)
+    assert device.select_device("auto").type == "mps"
+    assert device.precision_choice("auto", torch.device("mps"))[0] == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.select_device("auto").type == "cuda"
+
+
+@pytest.mark.parametrize("name", ["cuda", "mps"])
+def test_a_device_that_is_absent_is_one_line(tiny_png: Path, tmp_path: Path, name: str) -> None:
+    if name == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    result = run_cli("train", "--data", str(tiny_png), "--out", str(tmp_path / "run"), "--device", name,
+                     env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"alexnet-cifar10: error: --device {name}: no "
+        + ("CUDA GPU is visible to PyTorch" if name == "cuda" else "Apple-silicon GPU (MPS) is available to PyTorch")
+        + "; use --device cpu"], result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_training_on_apple_silicon(tiny_png: Path, tmp_path: Path) -> None:
+    """Where MPS exists (a Mac): a short run trains there and its checkpoint evaluates on the CPU."""
+    if not torch.backends.mps.is_available():
+        pytest.skip("no MPS device")
+    result = run_cli("train", "--data", str(tiny_png), "--epochs", "1", "--out", str(tmp_path / "run"),
+                     "--val-size", "20", "--batch-size", "8", "--model", "alexnet_tiny", "--device", "mps")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["device_name"] == "Apple-silicon GPU (MPS)"
+    evaluated = run_cli("evaluate", str(tmp_path / "run" / "best.pt"), "--data", str(tiny_png), "--val-size", "20",
+                        "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr

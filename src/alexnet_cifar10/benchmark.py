@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from alexnet_cifar10.config import Config
 from alexnet_cifar10.data.loader import ResidentLoader
-from alexnet_cifar10.device import autocast, native_bf16, time_precisions
+from alexnet_cifar10.device import autocast, native_bf16, synchronize, time_precisions
 from alexnet_cifar10.models import create_model, forward_flops
 from alexnet_cifar10.training import mean_std
 
@@ -53,17 +53,12 @@ def matmul_rate(device: torch.device, precision: str, repeats: int = 5) -> float
     b = torch.randn(n, n, device=device, dtype=dtype)
     times = []
     for _ in range(repeats + 1):
-        sync(device)
+        synchronize(device)
         t = time.perf_counter()
         a @ b
-        sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / min(times[1:])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -71,11 +66,11 @@ def time_steps(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Iter
     """Images/s over ``steps`` steps after ``warmup`` steps; batch creation is inside the timing."""
     for _ in range(warmup):
         step(*next(batches))
-    sync(device)
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(steps):
         step(*next(batches))
-    sync(device)
+    synchronize(device)
     return steps * batch_size / (time.perf_counter() - t)
 
 

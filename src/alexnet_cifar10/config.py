@@ -24,7 +24,7 @@ def downloads_into(data: str | Path) -> bool:
     return Path(data).expanduser() == Path(DEFAULT_DATA)
 
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 EXPORT_FORMATS = ("onnx", "safetensors", "pt2", "torchscript")
 

@@ -22,12 +22,29 @@ from alexnet_cifar10.io import atomic_write_text
 from alexnet_cifar10.models import create_model
 
 
+def mps_available() -> bool:
+    """Whether an Apple-silicon GPU (Metal, MPS) is usable by this torch."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def select_device(name: str) -> torch.device:
+    """``auto``: a CUDA GPU, else an Apple-silicon GPU (MPS), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if name == "mps" and not mps_available():
+        raise ConfigError("--device mps: no Apple-silicon GPU (MPS) is available to PyTorch; use --device cpu")
     return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (for timings): CUDA and MPS run asynchronously."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -52,6 +69,8 @@ def precision_choice(precision: str, device: torch.device, model: str = Config.m
     training step of ``model`` in both precisions, once per machine (``probe_precisions``), and takes the
     faster. fp16 without CUDA is refused; bf16 on a CPU that only emulates it is allowed, with a warning."""
     if precision == "auto":
+        if device.type == "mps":
+            return "fp32", "auto: fp32 on an Apple-silicon GPU (MPS)"
         if device.type == "cuda" or not native_bf16(device):
             chosen = "bf16" if native_bf16(device) else "fp32"
             where = "this GPU" if device.type == "cuda" else "this CPU"
@@ -124,8 +143,7 @@ def time_precisions(model: str, device: torch.device, batch_size: int) -> dict[s
                 with autocast(device, precision):
                     loss = torch.nn.functional.cross_entropy(net(x), y)
                 loss.backward()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                synchronize(device)
                 times.append(time.perf_counter() - t0)
             seconds[precision] = min(times[1:])
     return seconds

@@ -67,6 +67,9 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     seconds = environment_number("ALEXNET_CIFAR10_DIST_TIMEOUT", "120", TIMEOUT_BOUNDS, float)
     if "MASTER_PORT" in os.environ:  # read by torch's rendezvous, which would end in a traceback
         environment_number("MASTER_PORT", "", Bounds(1, 65_535))
+    if device.type == "mps":
+        raise ConfigError("torchrun with --device mps is not supported (no collective backend for MPS); use "
+                          "--device cpu or cuda")
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible")

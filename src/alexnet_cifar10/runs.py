@@ -127,6 +127,8 @@ def git_commit(folder: Path = Path(__file__).parent) -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple-silicon GPU (MPS)"
     return f"cpu ({os.cpu_count()} cores)"
 
 
