@@ -13,7 +13,14 @@ from conftest import HOSTILE_CHECKPOINTS, tiny_state, write_checkpoint
 
 from alexnet_cifar10.checkpoint import load_checkpoint, load_model, save_checkpoint, save_safetensors, trained_state
 from alexnet_cifar10.errors import CheckpointError, ConfigError
-from alexnet_cifar10.models import _RETIRED, MAX_PARAMETERS, MODELS, count_parameters, create_model, model_settings
+from alexnet_cifar10.models import (
+    DEPRECATED_NAMES,
+    MAX_PARAMETERS,
+    MODELS,
+    count_parameters,
+    create_model,
+    model_settings,
+)
 
 
 def _refused(path: Path, needle: str) -> str:
@@ -91,7 +98,7 @@ def test_settings_that_cannot_be_written_as_json(tmp_path: Path) -> None:
     assert not (tmp_path / "out.safetensors").exists()
 
 
-@pytest.mark.parametrize("name", sorted([*MODELS, *_RETIRED]))
+@pytest.mark.parametrize("name", sorted([*MODELS, *DEPRECATED_NAMES]))
 def test_every_model_passes_its_own_checks(name: str) -> None:
     settings = model_settings(name, {"dropout": 0.25})
     assert settings["dropout"] == 0.25

@@ -342,21 +342,42 @@ def test_shift_tta_averages_the_moved_images() -> None:
 
 
 @pytest.mark.parametrize(("old", "new"), [("alexnet_fast_bn", "alexnet_narrow_bn"),
-                                          ("alexnet_big_overlap_pool_bn", "alexnet_large_bn"),
-                                          ("alexnet_classic", "alexnet_224")])
-def test_checkpoints_of_renamed_models_still_load(old: str, new: str, tmp_path: Path) -> None:
-    """A checkpoint carries its model's name: names of earlier releases rebuild the same network."""
+                                          ("alexnet_big_overlap_pool_bn", "alexnet_large_bn")])
+def test_checkpoints_of_renamed_models_still_load(old: str, new: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint carries its model's name: the old names in published files rebuild today's network, with a
+    warning naming the new name, once."""
+    from alexnet_cifar10 import models
     from alexnet_cifar10.checkpoint import load_model, save_checkpoint
 
+    monkeypatch.setattr(models, "_warned", set())
     torch.manual_seed(0)
     model = create_model(new, dropout=0.25).eval()
     save_checkpoint(tmp_path / "old.pt", {"model_name": old, "model_kwargs": {"dropout": 0.25},
                                           "model": model.state_dict()})
-    loaded = load_model(tmp_path / "old.pt")
+    with pytest.warns(FutureWarning, match=f"model name {old} is deprecated: it is {new} now") as warned:
+        loaded = load_model(tmp_path / "old.pt")
+        load_model(tmp_path / "old.pt")
+    assert len(warned) == 1
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert old not in MODELS  # not offered to new runs
+
+
+def test_a_name_of_no_published_file_is_unknown_and_a_name_registers_once() -> None:
+    from alexnet_cifar10.errors import ConfigError
+    from alexnet_cifar10.models import register
+
+    with pytest.raises(ConfigError, match="unknown model 'alexnet_classic'"):
+        create_model("alexnet_classic")
+
+    def alexnet_tiny() -> dict[str, object]:
+        return {"convs": ((8, 3, 1),) * 5, "pool_after": (0, 1, 4), "hidden": 8}
+
+    with pytest.raises(ValueError, match="a model named alexnet_tiny is already registered"):
+        register(alexnet_tiny)
+    assert MODELS["alexnet_tiny"].kwargs["hidden"] == 64  # the first registration stands
 
 
 def test_test_time_augmentation_averages_the_views_it_names() -> None:

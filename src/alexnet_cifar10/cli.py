@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -342,7 +343,14 @@ COMMANDS = {
 }
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+    """Python warnings as the CLI's other warnings read: one line, without the source line that raised it."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = one_line_warning
     if sys.stdout is None:  # started with stdout closed (`>&-`): every result would vanish
         print(f"{PROG}: error: standard output is closed; give the command somewhere to write", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -109,7 +110,10 @@ MODELS: dict[str, ModelSpec] = {}
 def register(builder: Callable[[], dict[str, object]]) -> Callable[[], dict[str, object]]:
     """Register a model under its builder's name: the builder returns the AlexNet settings, and its docstring
     is the description that `alexnet-cifar10 models` prints."""
-    MODELS[builder.__name__] = ModelSpec(builder.__name__, (builder.__doc__ or "").strip(), builder())
+    name = builder.__name__
+    if name in MODELS:  # as torchvision's registry: a second builder would silently replace the first
+        raise ValueError(f"a model named {name} is already registered")
+    MODELS[name] = ModelSpec(name, (builder.__doc__ or "").strip(), builder())
     return builder
 
 
@@ -159,41 +163,29 @@ def alexnet_tiny() -> dict[str, object]:
             "hidden": 64}
 
 
-# Networks of earlier releases, under the names their checkpoints and config.json files carry: they still load
-# and still train through `train --config`, but `models` does not offer them.
-_RETIRED: dict[str, dict[str, object]] = {
-    "alexnet_fast_bn": MODELS["alexnet_narrow_bn"].kwargs,
-    "alexnet_big_overlap_pool_bn": MODELS["alexnet_large_bn"].kwargs,
-    "alexnet_classic": MODELS["alexnet_224"].kwargs,
-    "alexnet_bn": {**MODELS["alexnet"].kwargs, "batch_norm": True},
-    "alexnet_fast": {**MODELS["alexnet_narrow_bn"].kwargs, "batch_norm": False},
-    "alexnet_fast_pool_first_bn": {**MODELS["alexnet_narrow_bn"].kwargs, "pool_first": True},
-    "alexnet_big_pool_first_bn": {"convs": _LARGE_CONVS, **_POOL_FIRST},
-    "alexnet_hires_pool_first_bn": {"convs": ((64, 3, 1), (192, 3, 1), (256, 3, 1), (384, 3, 1), (256, 3, 1)),
-                                    **_POOL_FIRST},
-    "alexnet_small": {"convs": ((64, 3, 2), *_ALEXNET_CONVS[1:]), "pool_after": (0, 1, 4), "hidden": 4096},
-}
-for _name, _convs, _pools in (("alexnet_k5", ((64, 5, 1), (192, 5, 1), *_ALEXNET_CONVS[2:]), (0, 1, 4)),
-                              ("alexnet_wide", ((96, 3, 1), (256, 3, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1)),
-                               (0, 1, 4)),
-                              ("alexnet_fast64", ((64, 3, 1), *_NARROW_CONVS[1:]), (0, 1, 3, 4))):
-    for _bn in (False, True):  # each with and without BatchNorm, as they were registered
-        _RETIRED[_name + "_bn" * _bn] = {"convs": _convs, "pool_after": _pools, "hidden": 1024, "batch_norm": _bn}
+# Names of earlier releases that published files carry (results/), each standing for today's network, as timm's
+# register_model_deprecations keeps old names: they load and train, with a warning, and `models` does not list them.
+DEPRECATED_NAMES: dict[str, str] = {"alexnet_fast_bn": "alexnet_narrow_bn",
+                                    "alexnet_big_overlap_pool_bn": "alexnet_large_bn"}
+_warned: set[str] = set()
 
 
 def current_name(name: str) -> str:
-    """The registered name of the network a retired name stands for (``name`` itself when it is current)."""
-    if name in MODELS or name not in _RETIRED:
+    """The registered name for ``name``: itself, or the network a deprecated name stands for (warned once)."""
+    new = DEPRECATED_NAMES.get(name)
+    if new is None:
         return name
-    return next((n for n, entry in MODELS.items() if entry.kwargs == _RETIRED[name]), name)
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(f"model name {name} is deprecated: it is {new} now", FutureWarning, stacklevel=2)
+    return new
 
 
 def model_kwargs(name: str) -> dict[str, object]:
-    """The AlexNet settings of a model name: a registered one, or one that an earlier release wrote."""
+    """The AlexNet settings of a model name: a registered one, or a deprecated name of one."""
+    name = current_name(name)
     if name in MODELS:
         return MODELS[name].kwargs
-    if name in _RETIRED:
-        return _RETIRED[name]
     raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
 
 
@@ -354,7 +346,7 @@ def check_whitening(channels: int, kernel: int, input_size: int = 32) -> None:
 def check_whitenable(name: str) -> None:
     """``check_whitening`` for a registered model, without building it (a config checks this before any data
     is loaded); unknown names are left to ``create_model``."""
-    if name in MODELS or name in _RETIRED:
+    if current_name(name) in MODELS:
         kwargs = model_kwargs(name)
         channels, kernel, _ = kwargs["convs"][0]
         check_whitening(channels, kernel, kwargs.get("input_size", 32))
