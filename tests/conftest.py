@@ -438,3 +438,17 @@ def remove_deep_tree(root: Path, depth: int) -> None:
     for _ in range(depth):
         os.rmdir(path)
         path = path.parent
+
+
+def read_cache_file(path: Path) -> tuple[dict[str, str], dict]:
+    """The metadata and tensors of a decoded-data cache file (safetensors), for tests that forge one."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata()), {key: f.get_tensor(key).clone() for key in f.keys()}  # noqa: SIM118
+
+
+def cache_file_bytes(metadata: dict[str, str], tensors: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from pathlib import Path
@@ -10,11 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_ARCHIVE, make_pixels, run_cli, split_counts, write_imagefolder, write_python, write_tar
+from conftest import (
+    SHARED_ARCHIVE,
+    cache_file_bytes,
+    make_pixels,
+    read_cache_file,
+    run_cli,
+    split_counts,
+    write_imagefolder,
+    write_python,
+    write_tar,
+)
 from PIL import Image
 
 from alexnet_cifar10.data import CLASSES, load_cifar10
-from alexnet_cifar10.data.cache import CACHE_VERSION, content_digest, default_cache_dir, fingerprint
+from alexnet_cifar10.data.cache import CACHE_VERSION, MAX_IMAGES, content_digest, default_cache_dir, fingerprint
 from alexnet_cifar10.data.splits import stratified_split
 from alexnet_cifar10.errors import DataError
 
@@ -70,7 +79,7 @@ def test_explicit_cache_dir_and_no_cache(tmp_path: Path, source: Path) -> None:
     assert load_cifar10(source, val_size=0, cache_dir=tmp_path / "mine").from_cache
     uncached = load_cifar10(source, val_size=0, use_cache=False)
     assert uncached.cache_file is None and not uncached.from_cache
-    assert not any(default_cache_dir().glob("*.pt"))
+    assert not any(default_cache_dir().glob("*.safetensors"))
 
 
 def test_unwritable_cache_dir_only_warns(tmp_path: Path, source: Path, pixels: Pixels,
@@ -143,22 +152,20 @@ def _garbage(kind: str, valid: bytes, marker: Path) -> bytes:
         return valid[: len(valid) // 2]
     if kind == "runs-code":
         return pickle.dumps(_RunsCode(marker))
-    buf = io.BytesIO()
+    version, images, labels = str(CACHE_VERSION), torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4).long()
     if kind == "old-version":
-        torch.save({"version": CACHE_VERSION + 1, "format": "python", "splits": {}}, buf)
+        version = str(CACHE_VERSION + 1)
     elif kind == "wrong-shape":
-        bad = {"images": torch.zeros(4, 3, 16, 16, dtype=torch.uint8), "labels": torch.zeros(4, dtype=torch.int64)}
-        torch.save({"version": CACHE_VERSION, "format": "python", "splits": {"train": bad}}, buf)
+        images = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
     elif kind == "wrong-dtype":
-        bad = {"images": torch.zeros(4, 3, 32, 32), "labels": torch.zeros(4, dtype=torch.int64)}
-        torch.save({"version": CACHE_VERSION, "format": "python", "splits": {"train": bad}}, buf)
-    elif kind == "not-a-dict":
-        torch.save([1, 2, 3], buf)
-    return buf.getvalue()
+        images = torch.zeros(4, 3, 32, 32)
+    elif kind == "not-splits":
+        return cache_file_bytes({"version": version}, {"weights": torch.zeros(3)})
+    return cache_file_bytes({"version": version, "format": "python"}, {"train.images": images, "train.labels": labels})
 
 
 @pytest.mark.parametrize(
-    "kind", ["random", "empty", "truncated", "runs-code", "old-version", "wrong-shape", "wrong-dtype", "not-a-dict"]
+    "kind", ["random", "empty", "truncated", "runs-code", "old-version", "wrong-shape", "wrong-dtype", "not-splits"]
 )
 def test_corrupt_cache_is_rebuilt_not_trusted(tmp_path: Path, source: Path, pixels: Pixels, kind: str) -> None:
     first = load_cifar10(source, val_size=0)
@@ -280,28 +287,48 @@ def test_cli_data_info_on_the_real_archive_hits_the_cache(tmp_path: Path, shared
 # --------------------------------------------------------------------------- planted caches
 def _forged(cache_file: Path, change: str) -> bytes:
     """A cache file for ``cache_file``'s key, with one thing wrong about it."""
-    blob = torch.load(cache_file, weights_only=True)
-    x, y = blob["splits"]["train"]["images"].clone(), blob["splits"]["train"]["labels"].clone()
+    meta, tensors = read_cache_file(cache_file)
+    x, y = tensors["train.images"], tensors["train.labels"]
     if change == "labels":  # labels out of range, the digest made to match them
         y[0] = 42
-        splits = {k: (v["images"], v["labels"]) for k, v in blob["splits"].items()}
-        blob["digest"] = content_digest(cache_file.stem, blob["format"], {**splits, "train": (x, y)})
+        splits = {name: (tensors[f"{name}.images"], tensors[f"{name}.labels"])
+                  for name in {k.partition(".")[0] for k in tensors}}
+        meta["digest"] = content_digest(cache_file.stem, meta["format"], splits)
     elif change == "pixels":  # one pixel changed after the digest was taken
         x[0, 0, 0, 0] ^= 0xFF
     elif change == "key":  # a sound cache of another source, copied under this key
-        blob["key"] = "0" * 20
-    elif change == "requires-grad":
-        x = torch.nn.Parameter(x.float(), requires_grad=True)
-    blob["splits"]["train"] = {"images": x, "labels": y}
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    return buf.getvalue()
+        meta["key"] = "0" * 20
+    elif change == "float":
+        tensors["train.images"] = x.float()
+    return cache_file_bytes(meta, tensors)
+
+
+def test_a_cache_tensor_larger_than_any_split_is_refused_before_it_loads(source: Path, pixels: Pixels,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A safetensors header claiming MAX_IMAGES + 1 images, over a sparse file of that size: refused from the
+    header, before anything is allocated for it."""
+    import json
+    import struct
+
+    cache_file = load_cifar10(source, val_size=0).cache_file
+    meta, _ = read_cache_file(cache_file)
+    size = (MAX_IMAGES + 1) * 3 * 32 * 32
+    images = {"dtype": "U8", "shape": [MAX_IMAGES + 1, 3, 32, 32], "data_offsets": [0, size]}
+    labels = {"dtype": "I64", "shape": [1], "data_offsets": [size, size + 8]}
+    header = json.dumps({"__metadata__": meta, "train.images": images, "train.labels": labels}).encode()
+    with open(cache_file, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + size + 8)
+    capsys.readouterr()
+    again = load_cifar10(source, val_size=0)
+    assert not again.from_cache and "(a tensor larger than any split)" in capsys.readouterr().err
+    _assert_matches(again, pixels)
 
 
 @pytest.mark.parametrize(("change", "reason"), [("labels", "labels outside 0..9"),
                                                 ("pixels", "do not match their sha256"),
                                                 ("key", "made for another source"),
-                                                ("requires-grad", "images are not uint8")])
+                                                ("float", "images are not uint8")])
 def test_a_planted_cache_is_rebuilt_with_a_warning(source: Path, pixels: Pixels, change: str, reason: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     cache_file = load_cifar10(source, val_size=0).cache_file
@@ -318,7 +345,7 @@ def test_a_planted_cache_is_rebuilt_with_a_warning(source: Path, pixels: Pixels,
 def test_a_link_planted_under_the_key_is_replaced_not_written_through(tmp_path: Path, source: Path,
                                                                       pixels: Pixels) -> None:
     cache_file = load_cifar10(source, val_size=0).cache_file
-    victim = tmp_path / "victim.pt"
+    victim = tmp_path / "victim.safetensors"
     victim.write_bytes(cache_file.read_bytes())  # even a sound cache is not read through a link
     cache_file.unlink()
     cache_file.symlink_to(victim)

@@ -32,10 +32,12 @@ from conftest import (
     HOSTILE_CHECKPOINTS,
     HttpServer,
     ServerState,
+    cache_file_bytes,
     http_server,
     make_deep_tree,
     make_pixels,
     padded,
+    read_cache_file,
     remove_deep_tree,
     sparse_header,
     split_counts,
@@ -292,17 +294,14 @@ def test_a_file_under_the_archive_name_is_kept(case: Case, fresh: HttpServer) ->
 
 # --------------------------------------------------------------------------- planted caches
 def _plant(cache_file: Path, change: str) -> None:
-    blob = torch.load(cache_file, weights_only=True)
-    x, y = blob["splits"]["train"]["images"].clone(), blob["splits"]["train"]["labels"].clone()
+    meta, tensors = read_cache_file(cache_file)
+    x, y = tensors["train.images"], tensors["train.labels"]
     if change == "labels":
         y[:] = 42
-        blob["digest"] = content_digest(cache_file.stem, blob["format"], {"train": (x, y)})
+        meta["digest"] = content_digest(cache_file.stem, meta["format"], {"train": (x, y)})
     else:
         x.zero_()  # blank images under the old digest
-    blob["splits"] = {"train": {"images": x, "labels": y}}
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    cache_file.write_bytes(buf.getvalue())
+    cache_file.write_bytes(cache_file_bytes(meta, {"train.images": x, "train.labels": y}))
 
 
 @pytest.mark.parametrize(("change", "reason"), [("labels", "train labels outside 0..9"),
@@ -312,7 +311,7 @@ def test_a_planted_cache_is_rebuilt(case: Case, pixels: Pixels, change: str, rea
     root = write_imagefolder(case.root / "img", {"train": pixels["train"]})
     cache_file = cache_path(root, case.cache)
     assert load_cifar10(root, val_size=0, cache_dir=case.cache).cache_file == cache_file
-    victim = case.root / "victim.pt"
+    victim = case.root / "victim.safetensors"
     if change == "link":  # even a sound cache is not read through a link, nor written through one
         victim.write_bytes(cache_file.read_bytes())
         cache_file.unlink()
@@ -707,7 +706,7 @@ def test_a_cache_write_of_a_killed_process_is_cleaned_up(case: Case, pixels: Pix
 
     data = write_python(case.root / "data", {"train": pixels["train"]})
     tolerated(data_info(case, data))
-    (cache_file,) = case.cache.glob("*.pt")
+    (cache_file,) = case.cache.glob("*.safetensors")
     dead = case.cache / f".{cache_file.name}.k1ll3d.tmp"
     live = case.cache / f".{cache_file.name}.wr1t1n.tmp"
     for tmp in (dead, live):

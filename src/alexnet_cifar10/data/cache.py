@@ -1,4 +1,5 @@
-"""A cache of decoded splits, keyed by a fingerprint of the source, written atomically.
+"""A cache of decoded splits, keyed by a fingerprint of the source, written atomically as safetensors (tensors
+and text metadata: nothing on this path unpickles).
 
 A cache file is used only after it proves itself: it is a regular file of this user, holds its own key, and
 its splits are uint8 N x 3 x 32 x 32 images with int64 labels 0..9 whose sha256 matches the one stored with
@@ -8,21 +9,25 @@ them. Anything else (a damaged file, one of an older version, one planted under 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import stat
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from alexnet_cifar10.data.formats import CLASSES, SPLIT_NAMES, Decoded
 from alexnet_cifar10.data.sources import MAX_TOTAL_BYTES, list_files
-from alexnet_cifar10.errors import TORCH_LOAD_ERRORS, printable, write_failure
+from alexnet_cifar10.errors import printable, write_failure
 from alexnet_cifar10.io import atomic_write_serialized, remove_stale_temps
 
 # 2: cut plain .tar files are refused; a cache decoded from one must not be reused
 # 3: the cache holds its key and a sha256 of its tensors; the key covers the files that are read, by raw name
-CACHE_VERSION = 3
+# 4: safetensors instead of torch.save's pickle
+CACHE_VERSION = 4
 FORMATS = ("python", "binary", "imagefolder")
 MAX_IMAGES = MAX_TOTAL_BYTES // (3 * 32 * 32)  # more than any source within the read limits decodes to
 STALE_TEMP_SECONDS = 600  # a cache write's temporary file untouched this long belongs to a killed process
@@ -60,7 +65,7 @@ def fingerprint(path: Path) -> str:
 
 
 def cache_path(source: Path, cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / f"{fingerprint(source)}.pt"
+    return (cache_dir or default_cache_dir()) / f"{fingerprint(source)}.safetensors"
 
 
 def content_digest(key: str, fmt: str, splits: Decoded) -> str:
@@ -88,16 +93,21 @@ def _owned_regular_file(path: Path) -> str | None:
     return None
 
 
-def _checked_splits(blob: dict) -> Decoded | str:
-    """The splits of a loaded cache when each is sound, else why not."""
-    raw = blob.get("splits")
-    if not isinstance(raw, dict) or not raw or not set(raw) <= set(SPLIT_NAMES):
+def cache_tensors(splits: Decoded) -> dict[str, torch.Tensor]:
+    """The tensors of a cache file: ``<split>.images`` and ``<split>.labels``."""
+    return {f"{name}.{part}": t.contiguous() for name, (x, y) in splits.items() for part, t in (("images", x),
+                                                                                                ("labels", y))}
+
+
+def _checked_splits(tensors: dict[str, torch.Tensor]) -> Decoded | str:
+    """The splits of a loaded cache's tensors when each is sound, else why not."""
+    names = {key.partition(".")[0] for key in tensors}
+    if not names or not names <= set(SPLIT_NAMES) or set(tensors) != {f"{n}.{part}" for n in names
+                                                                      for part in ("images", "labels")}:
         return "no train or test split"
     splits: Decoded = {}
-    for name, split in raw.items():
-        x, y = (split.get("images"), split.get("labels")) if isinstance(split, dict) else (None, None)
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            return f"{name} split without image and label tensors"
+    for name in sorted(names):
+        x, y = tensors[f"{name}.images"], tensors[f"{name}.labels"]
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32) or not x.is_contiguous():
             return f"{name} images are not uint8 N x 3 x 32 x 32"
         if y.dtype != torch.int64 or tuple(y.shape) != tuple(x.shape[:1]) or not y.is_contiguous():
@@ -124,41 +134,42 @@ def load_cache(path: Path) -> tuple[str, Decoded] | None:
         _warn(path, refused)
         return None
     try:
-        blob = torch.load(path, weights_only=True, mmap=True)
-    except TORCH_LOAD_ERRORS as e:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("version") != str(CACHE_VERSION):
+                return None  # written by another version: replaced without a word
+            keys = list(f.keys())
+            if any(math.prod(f.get_slice(key).get_shape()) > MAX_IMAGES * 3 * 32 * 32 for key in keys):
+                _warn(path, "a tensor larger than any split")  # refused before anything is allocated for it
+                return None
+            tensors = {key: f.get_tensor(key) for key in keys}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         _warn(path, f"unreadable: {type(e).__name__}")
         return None
-    if not isinstance(blob, dict):
-        _warn(path, "not a cache file")
-        return None
-    if blob.get("version") != CACHE_VERSION:
-        return None  # written by another version: replaced without a word
-    splits = _checked_splits(blob)
+    splits = _checked_splits(tensors)
     if isinstance(splits, str):
         _warn(path, splits)
         return None
-    fmt = blob.get("format")
-    if fmt not in FORMATS or blob.get("key") != path.stem:
+    fmt = meta.get("format")
+    if fmt not in FORMATS or meta.get("key") != path.stem:
         _warn(path, "made for another source")
         return None
-    if blob.get("digest") != content_digest(path.stem, fmt, splits):
+    if meta.get("digest") != content_digest(path.stem, fmt, splits):
         _warn(path, "its tensors do not match their sha256")
         return None
     return fmt, splits
 
 
+def cache_metadata(key: str, fmt: str, digest: str) -> dict[str, str]:
+    return {"version": str(CACHE_VERSION), "key": key, "format": fmt, "digest": digest}
+
+
 def save_cache(path: Path, fmt: str, splits: Decoded) -> None:
-    blob = {
-        "version": CACHE_VERSION,
-        "key": path.stem,
-        "format": fmt,
-        "splits": {k: {"images": x.contiguous(), "labels": y.contiguous()} for k, (x, y) in splits.items()},
-        "digest": content_digest(path.stem, fmt, splits),
-    }
+    metadata = cache_metadata(path.stem, fmt, content_digest(path.stem, fmt, splits))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # replaces a planted file or link, never writes through it
-        atomic_write_serialized(path, lambda f: torch.save(blob, f))
-    except (OSError, RuntimeError) as e:  # a failed write (a full disk); torch.save's own failures
+        atomic_write_serialized(path, lambda f: f.write(safetensors_bytes(cache_tensors(splits), metadata)))
+    except (OSError, RuntimeError) as e:  # a failed write (a full disk); the serialiser's own failures
         # the cache is an optimisation: a read-only or full disk must not stop the run
         print(printable(f"warning: cannot write cache {path}: {write_failure(e)}"), file=sys.stderr)
