@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torch.utils.benchmark import Timer
 from torch.utils.data import DataLoader, Dataset
 
 from alexnet_cifar10.config import Config
@@ -63,15 +64,19 @@ def matmul_rate(device: torch.device, precision: str, repeats: int = 5) -> float
 
 def time_steps(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                steps: int, warmup: int, device: torch.device, batch_size: int) -> float:
-    """Images/s over ``steps`` steps after ``warmup`` steps; batch creation is inside the timing."""
+    """Images/s over ``steps`` steps after ``warmup`` steps; batch creation is inside the timing. PyTorch's
+    benchmark Timer times them (garbage collection off, CUDA synchronised, the run's thread count)."""
     for _ in range(warmup):
         step(*next(batches))
     synchronize(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step(*next(batches))
-    synchronize(device)
-    return steps * batch_size / (time.perf_counter() - t)
+    timer = Timer("step(*next(batches)); synchronize(device)", num_threads=torch.get_num_threads(),
+                  globals={"step": step, "batches": batches, "synchronize": synchronize, "device": device})
+    return batch_size / timer.timeit(steps).mean
+
+
+def spread(values: list[float]) -> float | None:
+    """(largest - smallest) / median of repeated measurements: how far apart the repeats fell."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else None
 
 
 def seed_style_rates(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
@@ -144,12 +149,14 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
                                                      device=device, batch_size=batch_size, steps=steps,
                                                      warmup=warmup, repeats=repeats)
     med = {k: statistics.median(v) if v else None for k, v in results.items()}
+    spreads = {k.replace("_ips", "_spread"): spread(v) if v else None for k, v in results.items()}
     # both precisions on the same step, whichever one was asked for: what --precision auto weighs on this machine
     both = {p: batch_size / t for p, t in time_precisions(model_name, device, batch_size).items()}
     flops = 3 * forward_flops(create_model(model_name).to(device))
     rate = matmul_rate(device, precision)
     return {
         **med,
+        **spreads,
         "end_to_end_over_compute": med["end_to_end_ips"] / med["compute_only_ips"],
         "end_to_end_over_seed_style": (med["end_to_end_ips"] / med["seed_style_ips"]) if seed_style else None,
         "train_flops_per_image": flops,
@@ -168,11 +175,19 @@ def run_benchmark(images: torch.Tensor, labels: torch.Tensor, *, model_name: str
     }
 
 
+def rate_text(r: dict[str, Any], name: str) -> str:
+    """"1234 img/s +-5%": the median of the repeats and their spread (absent for one repeat)."""
+    if r[f"{name}_ips"] is None:
+        return "-"
+    spread_of = r.get(f"{name}_spread")
+    return f"{r[f'{name}_ips']:.0f} img/s" + ("" if spread_of is None else f" +-{100 * spread_of:.0f}%")
+
+
 def format_table(r: dict[str, Any]) -> str:
     rows = [
-        ("end-to-end (real loop)", f"{r['end_to_end_ips']:.0f} img/s"),
-        ("compute-only (one batch)", f"{r['compute_only_ips']:.0f} img/s"),
-        ("seed-style DataLoader, fp32", "-" if r["seed_style_ips"] is None else f"{r['seed_style_ips']:.0f} img/s"),
+        ("end-to-end (real loop)", rate_text(r, "end_to_end")),
+        ("compute-only (one batch)", rate_text(r, "compute_only")),
+        ("seed-style DataLoader, fp32", rate_text(r, "seed_style")),
         ("end-to-end / compute-only", f"{r['end_to_end_over_compute']:.2f}x"),
         ("end-to-end / seed-style", "-" if r["end_to_end_over_seed_style"] is None
          else f"{r['end_to_end_over_seed_style']:.2f}x"),
