@@ -15,6 +15,7 @@ from conftest import run_cli
 from PIL import Image
 
 from alexnet_cifar10.config import RECIPES, make_config
+from alexnet_cifar10.data import CLASSES
 from alexnet_cifar10.models import create_model
 
 TRAIN_FLAGS = ("--val-size", "20", "--batch-size", "16", "--no-progress", "--threads", "1")
@@ -177,7 +178,8 @@ def test_evaluate_and_export_write_over_nothing_of_the_users(trained_run: Path, 
     earlier = tmp_path / "ev"
     for _ in range(2):  # a second evaluation replaces the first's files
         assert run_cli(*evaluate, "--out", str(earlier)).returncode == 0
-    assert sorted(p.name for p in earlier.iterdir()) == ["confusion.png", "result.json", "samples.png"]
+    assert sorted(p.name for p in earlier.iterdir()) == ["confusion.png", "reliability.png", "result.json",
+                                                         "samples.png"]
 
     (tmp_path / "model.onnx").write_bytes(b"mine")
     for out in (checkpoint, tmp_path / "model.onnx"):
@@ -601,3 +603,56 @@ def test_result_json_records_what_was_evaluated(trained_run: Path, tiny_png: Pat
         assert record["model"] == "alexnet_narrow_bn" and record["data"] == str(tiny_png)
         assert (record["val_size"], record["split_seed"], record["version"]) == (20, 0, __version__)
         assert record["torch"] == torch.__version__ and record["precision"] == "fp32"
+
+
+def test_evaluation_metrics_follow_from_the_predictions() -> None:
+    """Per-class precision, recall and F1, top-5 accuracy and the expected calibration error, against values
+    worked out by hand from logits the test sets."""
+    from alexnet_cifar10.evaluation import CALIBRATION_BINS, evaluate
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    logits = torch.zeros(8, 10)
+    for i, (top, value) in enumerate([(0, 10), (0, 10), (1, 10), (0, 10), (2, 2), (2, 2), (9, 10), (3, 10)]):
+        logits[i, top] = value
+    logits[3, 1] = logits[6, 3] = 5  # the two mistakes have the true class second: inside the top 5
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits[: len(x)]  # one batch of all 8 images, in order
+
+    result = evaluate(Fixed(), torch.zeros(8, 3, 32, 32, dtype=torch.uint8), labels, batch_size=8)
+    m = result.per_class_metrics
+    assert result.accuracy == 6 / 8 and result.top5_accuracy == 1.0
+    assert (m["airplane"]["precision"], m["airplane"]["recall"]) == (2 / 3, 1.0)
+    assert m["airplane"]["f1"] == pytest.approx(0.8)
+    assert (m["automobile"]["precision"], m["automobile"]["recall"]) == (1.0, 0.5)
+    assert m["automobile"]["f1"] == pytest.approx(2 / 3) and m["bird"]["f1"] == 1.0
+    assert m["deer"] == {"precision": None, "recall": None, "f1": None, "images": 0}
+    assert m["truck"] == {"precision": 0.0, "recall": None, "f1": None, "images": 0}  # predicted once, wrongly
+    confidence, predicted = logits.softmax(1).max(1)
+    bins = (confidence * CALIBRATION_BINS).long().clamp(max=CALIBRATION_BINS - 1)
+    gaps = [abs(float(confidence[bins == b].sum() - (predicted == labels)[bins == b].sum())) for b in bins.unique()]
+    assert result.ece == pytest.approx(sum(gaps) / 8) and result.ece > 0
+    rows = result.reliability
+    assert len(rows) == CALIBRATION_BINS and sum(r["images"] for r in rows) == 8
+    assert rows[int(bins[4])]["images"] == 2 and rows[int(bins[4])]["accuracy"] == 1.0  # images 4 and 5: 45 % sure
+
+
+def test_evaluate_writes_the_reliability_diagram_and_the_per_class_csv(trained_run: Path, tiny_png: Path,
+                                                                        tmp_path: Path) -> None:
+    import csv
+
+    out, table = tmp_path / "ev", tmp_path / "classes.csv"
+    result = run_cli("evaluate", str(trained_run / "best.pt"), "--data", str(tiny_png), "--val-size", "20",
+                     "--out", str(out), "--csv", str(table))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"top-5 accuracy \d+\.\d\d%, expected calibration error \d+\.\d\d%", result.stdout)
+    record = json.loads((out / "result.json").read_text())
+    assert (out / "reliability.png").read_bytes().startswith(b"\x89PNG")
+    assert 0 <= record["ece"] <= 1 and 0 <= record["top5_accuracy"] <= 1 and len(record["reliability"]) == 15
+    rows = list(csv.DictReader(table.open()))
+    assert [r["class"] for r in rows] == list(CLASSES) and sum(int(r["images"]) for r in rows) == record["images"]
+    for row in rows:
+        metrics = record["per_class_metrics"][row["class"]]
+        assert row["recall"] == ("" if metrics["recall"] is None else f"{metrics['recall']:.4f}")
+    assert (trained_run / "reliability.png").is_file() and b"Calibration" in (trained_run / "report.html").read_bytes()

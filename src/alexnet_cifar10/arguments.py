@@ -97,7 +97,10 @@ def build_parser() -> Parser:
     ev.add_argument("--device", choices=DEVICES, default="auto")
     add_tta_flags(ev)
     ev.add_argument("--json", action="store_true", help="print JSON")
-    ev.add_argument("--out", default=None, help="folder for result.json, confusion.png, samples.png")
+    ev.add_argument("--out", default=None,
+                    help="folder for result.json, confusion.png, reliability.png, samples.png")
+    ev.add_argument("--csv", default=None, metavar="FILE",
+                    help="write the per-class table (images, recall, precision, F1) as CSV")
 
     pr = sub.add_parser("predict", help="classify image files or folders")
     pr.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE_OR_FOLDER",

@@ -4,6 +4,8 @@ is one line."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import signal
@@ -196,7 +198,7 @@ def tta_of(args: argparse.Namespace, state: dict[str, Any]) -> tuple[bool, int]:
     return tta, 0 if args.tta is False else trained.get("tta_shift", 0)
 
 
-EVALUATION_FILES = ("result.json", "confusion.png", "samples.png")  # what evaluate --out writes
+EVALUATION_FILES = ("result.json", "confusion.png", "samples.png", "reliability.png")  # what evaluate --out writes
 
 
 def claim_evaluation_dir(out: Path) -> None:
@@ -222,6 +224,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_flags(args, "batch_size", "tta_shift", "val_size", "split_seed")  # before the checkpoint loads
     if args.out:
         claim_evaluation_dir(Path(args.out))  # fail on a bad --out before the work
+    if args.csv:
+        check_replaceable(Path(args.csv).parent, [Path(args.csv).name], ConfigError)
     model, state, device = _load_for_eval(args)
     data = load_data(args)
     name = args.split or data.eval_split_name()
@@ -235,13 +239,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         atomic_write_text(out / EVALUATION_FILES[0], json.dumps(record, indent=2))
         reporting.plot_confusion(result, out / EVALUATION_FILES[1])
         reporting.plot_samples(split.images, split.labels, result.predictions, data.classes, out / EVALUATION_FILES[2])
+        reporting.plot_reliability(result, out / EVALUATION_FILES[3])
+    if args.csv:
+        atomic_write_text(Path(args.csv), per_class_csv(result))
     if args.json:
         print(json.dumps(record, indent=2))
     else:
         print(f"{weights_of(args)} on the {name} split ({len(split)} images), test-time augmentation: "
               f"{result.tta_text()}")
         print(result.table())
+        print(f"top-5 accuracy {100 * result.top5_accuracy:.2f}%, expected calibration error {100 * result.ece:.2f}% "
+              "(15 confidence bins)")
     return 0
+
+
+def per_class_csv(result: Any) -> str:
+    """The per-class table of an EvalResult as CSV: class, images, recall (the class's accuracy), precision, F1;
+    an empty cell where a ratio has no images."""
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["class", "images", "recall", "precision", "f1"])
+    for name, m in result.per_class_metrics.items():
+        writer.writerow([name, m["images"], *("" if m[k] is None else f"{m[k]:.4f}" for k in ("recall", "precision",
+                                                                                               "f1"))])
+    return table.getvalue()
 
 
 def evaluated(args: argparse.Namespace, state: dict[str, Any], data: Any, device: Any) -> dict[str, Any]:

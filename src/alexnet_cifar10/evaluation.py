@@ -20,6 +20,8 @@ from alexnet_cifar10.errors import DataError
 from alexnet_cifar10.io import read_regular
 
 PREDICT_BATCH = 256  # images classified at once by predict
+CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error (Guo et al., 2017)
+TOP_K = 5  # the wider accuracy an evaluation reports beside top-1
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # the largest image file predict reads
 
 
@@ -33,6 +35,37 @@ class EvalResult:
     classes: tuple[str, ...] = CLASSES
     tta: bool = False  # the test-time augmentation the numbers were measured with
     tta_shift: int = 0
+    top5_accuracy: float | None = None
+    # per confidence bin (the top class's softmax probability): images, summed confidence, correct top-1
+    bins: np.ndarray = field(default_factory=lambda: np.zeros((3, CALIBRATION_BINS)), repr=False)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: the images-weighted mean gap between confidence and accuracy per bin."""
+        count, confidence, correct = self.bins
+        return float(np.abs(confidence - correct).sum() / max(count.sum(), 1))
+
+    @property
+    def reliability(self) -> list[dict[str, float | int | None]]:
+        """Per bin: its confidence range, images, mean confidence and accuracy (None for an empty bin)."""
+        rows = []
+        for b, (n, conf, right) in enumerate(self.bins.T):
+            rows.append({"low": b / CALIBRATION_BINS, "high": (b + 1) / CALIBRATION_BINS, "images": int(n),
+                         "confidence": float(conf / n) if n else None, "accuracy": float(right / n) if n else None})
+        return rows
+
+    @property
+    def per_class_metrics(self) -> dict[str, dict[str, float | int | None]]:
+        """Precision, recall and F1 per class from the confusion matrix; None where a ratio has no images."""
+        metrics = {}
+        for i, c in enumerate(self.classes):
+            hits, predicted, actual = self.confusion[i, i], self.confusion[:, i].sum(), self.confusion[i].sum()
+            precision = float(hits / predicted) if predicted else None
+            recall = float(hits / actual) if actual else None
+            f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+                  (0.0 if precision is not None and recall is not None else None))
+            metrics[c] = {"precision": precision, "recall": recall, "f1": f1, "images": int(actual)}
+        return metrics
 
     @property
     def per_class(self) -> dict[str, float | None]:
@@ -46,7 +79,11 @@ class EvalResult:
             "images": int(self.confusion.sum()),
             "loss": self.loss,
             "accuracy": self.accuracy,
+            "top5_accuracy": self.top5_accuracy,
             "per_class": self.per_class,
+            "per_class_metrics": self.per_class_metrics,
+            "ece": self.ece,
+            "reliability": self.reliability,
             "confusion": self.confusion.tolist(),
             "tta": self.tta,
             "tta_shift": self.tta_shift,
@@ -107,13 +144,19 @@ def evaluate(
     n = len(CLASSES)
     confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    bins = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64, device=device)
     preds = []
     with autocast(device, precision):
         for x, y in loader.iterate(0):
-            logits = logits_of(model, x, tta, tta_shift)
+            logits = logits_of(model, x, tta, tta_shift).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            pred = logits.argmax(1)
+            confidence, pred = logits.softmax(1).max(1)
             confusion += torch.bincount(y * n + pred, minlength=n * n)
+            top5 += (logits.topk(min(TOP_K, n), dim=1).indices == y[:, None]).any(1).sum()
+            b = (confidence * CALIBRATION_BINS).long().clamp_(max=CALIBRATION_BINS - 1)
+            for row, values in enumerate((torch.ones_like(confidence), confidence, (pred == y).float())):
+                bins[row].index_add_(0, b, values.double())
             preds.append(pred)
     model.train(was_training)
     cm = confusion.view(n, n).cpu().numpy()
@@ -126,6 +169,8 @@ def evaluate(
         predictions=torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.int64),
         tta=tta,
         tta_shift=tta_shift,
+        top5_accuracy=int(top5) / total,
+        bins=bins.cpu().numpy(),
     )
 
 

@@ -61,6 +61,26 @@ def plot_confusion(result: EvalResult, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_reliability(result: EvalResult, path: Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin (the diagonal is perfect calibration), with the
+    share of images in each bin below it."""
+    rows = result.reliability
+    width = rows[0]["high"] - rows[0]["low"]
+    centres = [(r["low"] + r["high"]) / 2 for r in rows]
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=(3, 1), sharex=True)
+    ax.bar(centres, [r["accuracy"] or 0 for r in rows], width=width * 0.95, color="#4c72b0", label="accuracy")
+    ax.bar(centres, [(r["confidence"] or 0) - (r["accuracy"] or 0) for r in rows], width=width * 0.95,
+           bottom=[r["accuracy"] or 0 for r in rows], color="#dd8452", alpha=0.5, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"{result.split}: expected calibration error {100 * result.ece:.2f}%")
+    ax.legend(loc="upper left")
+    total = max(sum(r["images"] for r in rows), 1)
+    ax_n.bar(centres, [r["images"] / total for r in rows], width=width * 0.95, color="#888888")
+    ax_n.set(xlabel="confidence (top class's probability)", ylabel="share of images")
+    return _save(fig, path)
+
+
 def plot_samples(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
                  classes: tuple[str, ...], path: Path, n: int = 32, seed: int = 0) -> Path:
     """A grid of images with true and predicted labels; mistakes in red."""
@@ -102,14 +122,17 @@ def write_report(run_dir: Path, config: dict[str, Any], history: list[dict[str, 
     per_class = ""
     if result is not None:
         per_class = "".join(
-            f"<tr><td>{html.escape(c)}</td><td>{'n/a' if a is None else f'{100 * a:.2f}%'}</td></tr>"
-            for c, a in result.per_class.items()
+            f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{pct(m[k])}</td>" for k in ("recall", "precision", "f1"))
+            + f"<td>{m['images']}</td></tr>" for c, m in result.per_class_metrics.items()
         )
+        top5 = "" if result.top5_accuracy is None else f"; top-5 {100 * result.top5_accuracy:.2f}%"
         per_class = (
             f"<h2>Final evaluation on the {html.escape(result.split)} split: "
             f"{100 * result.accuracy:.2f}%</h2><p>Test-time augmentation: {html.escape(result.tta_text())}; the "
-            f"per-epoch validation above is on plain images.</p><table><tr><th>class</th><th>accuracy</th></tr>"
-            f"{per_class}</table>{_img(run_dir / 'confusion.png')}{_img(run_dir / 'samples.png')}"
+            f"per-epoch validation above is on plain images{top5}; expected calibration error "
+            f"{100 * result.ece:.2f}%.</p><table><tr><th>class</th><th>accuracy (recall) %</th><th>precision %</th>"
+            f"<th>F1 %</th><th>images</th></tr>{per_class}</table>{_img(run_dir / 'confusion.png')}"
+            f"<h2>Calibration</h2>{_img(run_dir / 'reliability.png')}{_img(run_dir / 'samples.png')}"
         )
     summary = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"

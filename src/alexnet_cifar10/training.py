@@ -395,6 +395,7 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
     save_safetensors({"model": model.state_dict(), **model_identity(config, data.classes)},
                      run_dir / "model.safetensors")
     reporting.plot_confusion(result, run_dir / "confusion.png")
+    reporting.plot_reliability(result, run_dir / "reliability.png")
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
                            run_dir / "samples.png")
     total = sum(h["seconds"] for h in history)
