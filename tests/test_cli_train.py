@@ -656,3 +656,73 @@ def test_evaluate_writes_the_reliability_diagram_and_the_per_class_csv(trained_r
         metrics = record["per_class_metrics"][row["class"]]
         assert row["recall"] == ("" if metrics["recall"] is None else f"{metrics['recall']:.4f}")
     assert (trained_run / "reliability.png").is_file() and b"Calibration" in (trained_run / "report.html").read_bytes()
+
+
+def test_a_fitted_temperature_undoes_a_known_one() -> None:
+    """Labels drawn from softmax(z), logits given as 3z: the temperature that fits them is 3, and dividing by it
+    lowers the calibration error; the predictions stay as they were."""
+    from alexnet_cifar10.evaluation import expected_calibration_error, fit_temperature
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 10, generator=generator) * 2
+    labels = torch.multinomial(z.softmax(1), 1, generator=generator).squeeze(1)
+    temperature = fit_temperature(3 * z, labels)
+    assert temperature == pytest.approx(3, rel=0.05)
+    assert expected_calibration_error(3 * z / temperature, labels) < expected_calibration_error(3 * z, labels) / 3
+
+
+def test_calibrate_keeps_a_temperature_that_predict_and_evaluate_then_use(trained_run: Path, tiny_png: Path,
+                                                                          tmp_path: Path) -> None:
+    import shutil
+
+    from alexnet_cifar10.calibration import load_temperature
+
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(trained_run / "best.pt", checkpoint)
+    kept = tmp_path / "best.pt.calibration.json"
+    data = ("--data", str(tiny_png), "--val-size", "20")
+    fitted = run_cli("evaluate", str(checkpoint), *data, "--calibrate", "--json")
+    assert fitted.returncode == 0, fitted.stderr
+    calibration = json.loads(fitted.stdout)["calibration"]
+    assert (calibration["kept_in"] is not None) == (calibration["ece_after"] < calibration["ece_before"])
+    assert kept.exists() == (calibration["kept_in"] is not None)
+    first = calibration["temperature"]
+    # the same network made 20 times more confident (its last layer scaled): the fit is 20 times the first, and
+    # so sure a network is calibrated by it
+    state = torch.load(checkpoint, weights_only=True)
+    for key in ("classifier.6.weight", "classifier.6.bias"):
+        state["model"][key] *= 20
+    torch.save(state, checkpoint)
+    fitted = run_cli("evaluate", str(checkpoint), *data, "--calibrate", "--json")
+    assert fitted.returncode == 0, fitted.stderr
+    calibration = json.loads(fitted.stdout)["calibration"]
+    assert calibration["temperature"] == pytest.approx(20 * first, rel=0.02)
+    assert calibration["ece_after"] < calibration["ece_before"]
+    assert calibration["kept_in"] == str(kept) and load_temperature(checkpoint) == calibration["temperature"]
+    again = json.loads(run_cli("evaluate", str(checkpoint), *data, "--split", "val", "--json").stdout)
+    assert again["temperature"] == calibration["temperature"] and again["ece"] == pytest.approx(
+        calibration["ece_after"])
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(image)
+    predicted = json.loads(run_cli("predict", str(checkpoint), str(image), "--json", "--top-k", "1").stdout)
+    from alexnet_cifar10 import load_model
+    from alexnet_cifar10.evaluation import logits_of, predict
+
+    model = load_model(checkpoint)
+
+    raw = predict(model, [image], top_k=1)[0].top[0][1]  # load_model carries the temperature too
+    assert predicted[0]["top"][0][1] == pytest.approx(raw)
+    tta = json.loads((trained_run / "config.json").read_text())["tta"]
+    x = torch.from_numpy(np.array(Image.open(image))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = (logits_of(model, x, tta) / calibration["temperature"]).softmax(1).max().item()
+    assert raw == pytest.approx(expected, abs=1e-5)
+    # a retrained checkpoint makes the kept temperature stale: ignored, with a warning
+    torch.save({**torch.load(checkpoint, weights_only=True), "epoch": 99}, checkpoint)
+    stale = run_cli("predict", str(checkpoint), str(image), "--json")
+    assert stale.returncode == 0 and f"warning: ignoring {kept}: made for other weights" in stale.stderr
+    kept.write_text('{"temperature": "hot"}')
+    broken = run_cli("predict", str(checkpoint), str(image))
+    assert broken.returncode == 1 and broken.stderr.strip().splitlines() == [
+        f"alexnet-cifar10: error: {kept}: not a calibration file (a temperature in [0.05, 20.0] and the weights' "
+        "sha256); remove it or run evaluate --calibrate again"]

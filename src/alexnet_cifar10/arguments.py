@@ -99,6 +99,9 @@ def build_parser() -> Parser:
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--out", default=None,
                     help="folder for result.json, confusion.png, reliability.png, samples.png")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="fit a temperature on the validation split and keep it beside the weights when it lowers "
+                         "the calibration error; predict then reports calibrated probabilities")
     ev.add_argument("--csv", default=None, metavar="FILE",
                     help="write the per-class table (images, recall, precision, F1) as CSV")
 

@@ -284,14 +284,26 @@ def trained_state(weights: str | Path) -> dict[str, Any]:
     return check_model(state, path)
 
 
+def load_for_inference(weights: str | Path, device: str | torch.device = "cpu") -> tuple[AlexNet, dict[str, Any]]:
+    """``load_model``'s model and the checkpoint state it came from."""
+    from alexnet_cifar10.calibration import load_temperature
+
+    state = trained_state(weights)
+    model = model_from_state(state).float().to(device)
+    model.temperature = load_temperature(weights)
+    return model, state
+
+
 def load_model(weights: str | Path, device: str | torch.device = "cpu") -> AlexNet:
     """The trained model of shipped weights (by name) or of a checkpoint or .safetensors path, in eval
     mode, in float32 (EMA weights when the run kept them).
 
     It takes float images in [0, 1], N x 3 x 32 x 32, and normalises them itself; ``model.classes`` names the
-    outputs (the CIFAR-10 classes, in label order).
+    outputs (the CIFAR-10 classes, in label order), and ``model.temperature`` is the temperature that
+    ``evaluate --calibrate`` fitted for these weights (1.0 when none was): softmax(logits / temperature) gives
+    calibrated probabilities, as ``predict`` reports them.
     """
-    return model_from_state(trained_state(weights)).float().to(device)
+    return load_for_inference(weights, device)[0]
 
 
 HUB_HASH = re.compile(r"-([0-9a-f]{8,64})\.")  # torch.hub's convention: NAME-<sha256 prefix>.EXT

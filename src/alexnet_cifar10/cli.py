@@ -180,12 +180,12 @@ def printed_config(config: Config) -> dict[str, Any]:
 
 
 def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
-    from alexnet_cifar10.checkpoint import model_from_state, trained_state
+    from alexnet_cifar10.checkpoint import load_for_inference
     from alexnet_cifar10.device import select_device
 
-    state = trained_state(weights_of(args))
     device = select_device(args.device)
-    return model_from_state(state).to(device), state, device
+    model, state = load_for_inference(weights_of(args), device)
+    return model, state, device
 
 
 def tta_of(args: argparse.Namespace, state: dict[str, Any]) -> tuple[bool, int]:
@@ -226,14 +226,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         claim_evaluation_dir(Path(args.out))  # fail on a bad --out before the work
     if args.csv:
         check_replaceable(Path(args.csv).parent, [Path(args.csv).name], ConfigError)
+    if args.calibrate and args.split not in (None, "val"):
+        raise ConfigError("--calibrate fits on the validation split; it does not go with --split "
+                          f"{args.split} (evaluate the other split afterwards: the temperature is kept)")
+    if args.calibrate:
+        from alexnet_cifar10.calibration import calibration_path
+
+        kept = calibration_path(weights_of(args))
+        check_replaceable(kept.parent, [kept.name], ConfigError)
     model, state, device = _load_for_eval(args)
     data = load_data(args)
-    name = args.split or data.eval_split_name()
+    name = "val" if args.calibrate else args.split or data.eval_split_name()
     split = data.split(name)
     tta, shift = tta_of(args, state)
+    temperature = 1.0 if args.calibrate else model.temperature  # a fit starts from the logits as trained
     result = evaluate(model, split.images, split.labels, split=name, batch_size=args.batch_size,
-                      device=device, tta=tta, tta_shift=shift)
+                      device=device, tta=tta, tta_shift=shift, temperature=temperature, keep_logits=args.calibrate)
     record = {**result.to_dict(), "evaluated": evaluated(args, state, data, device)}
+    if args.calibrate:
+        record["calibration"] = calibrate(args, result, split.labels)
     if args.out:
         out = Path(args.out)
         atomic_write_text(out / EVALUATION_FILES[0], json.dumps(record, indent=2))
@@ -249,8 +260,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{result.tta_text()}")
         print(result.table())
         print(f"top-5 accuracy {100 * result.top5_accuracy:.2f}%, expected calibration error {100 * result.ece:.2f}% "
-              "(15 confidence bins)")
+              f"(15 confidence bins{'' if temperature == 1 else f', temperature {temperature:.3f}'})")
+        if args.calibrate:
+            print(record["calibration"]["summary"])
     return 0
+
+
+def calibrate(args: argparse.Namespace, result: Any, labels: Any) -> dict[str, Any]:
+    """Fit a temperature on the validation logits of ``result``; keep it beside the weights when it lowers the
+    expected calibration error (else keep nothing, and say so)."""
+    from alexnet_cifar10.calibration import calibration_path, save_temperature
+    from alexnet_cifar10.evaluation import expected_calibration_error, fit_temperature
+
+    temperature = fit_temperature(result.logits, labels)
+    after = expected_calibration_error(result.logits / temperature, labels)
+    fitted = {"temperature": temperature, "ece_before": result.ece, "ece_after": after, "split": "val",
+              "images": len(labels), "val_size": args.val_size, "split_seed": args.split_seed}
+    weights = weights_of(args)
+    if after < result.ece:
+        path = save_temperature(weights, temperature, fitted)
+        summary = (f"temperature {temperature:.3f} lowers the expected calibration error from {100 * result.ece:.2f}% "
+                   f"to {100 * after:.2f}% on the val split; kept in {path}")
+    else:
+        path = None
+        summary = (f"temperature scaling does not lower the expected calibration error ({100 * result.ece:.2f}% "
+                   f"-> {100 * after:.2f}% at temperature {temperature:.3f}); nothing kept "
+                   f"({calibration_path(weights)} unchanged)")
+    return {**fitted, "kept_in": None if path is None else str(path), "summary": summary}
 
 
 def per_class_csv(result: Any) -> str:

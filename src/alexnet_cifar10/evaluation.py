@@ -36,6 +36,8 @@ class EvalResult:
     tta: bool = False  # the test-time augmentation the numbers were measured with
     tta_shift: int = 0
     top5_accuracy: float | None = None
+    temperature: float = 1.0  # the logits were divided by it before the softmax (1: as trained)
+    logits: torch.Tensor | None = field(default=None, repr=False)  # with keep_logits: N x 10, float32, on the CPU
     # per confidence bin (the top class's softmax probability): images, summed confidence, correct top-1
     bins: np.ndarray = field(default_factory=lambda: np.zeros((3, CALIBRATION_BINS)), repr=False)
 
@@ -80,6 +82,7 @@ class EvalResult:
             "loss": self.loss,
             "accuracy": self.accuracy,
             "top5_accuracy": self.top5_accuracy,
+            "temperature": self.temperature,
             "per_class": self.per_class,
             "per_class_metrics": self.per_class_metrics,
             "ece": self.ece,
@@ -133,8 +136,11 @@ def evaluate(
     tta_shift: int = 0,
     channels_last: bool = True,
     loader: ResidentLoader | None = None,
+    temperature: float = 1.0,
+    keep_logits: bool = False,
 ) -> EvalResult:
-    """Evaluate ``model`` on uint8 ``images``; metrics stay on the device until the end."""
+    """Evaluate ``model`` on uint8 ``images``; metrics stay on the device until the end. ``temperature`` divides
+    the logits (calibrated confidences; the top class is unchanged); ``keep_logits`` returns them."""
     check_tta_shift(tta_shift)
     device = torch.device(device)
     loader = loader or ResidentLoader(images, labels, batch_size, train=False, device=device,
@@ -145,19 +151,19 @@ def evaluate(
     confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top5 = torch.zeros((), dtype=torch.int64, device=device)
-    bins = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64, device=device)
-    preds = []
+    bins = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64, device=device)  # calibration_bins, summed
+    preds, kept = [], []
     with autocast(device, precision):
         for x, y in loader.iterate(0):
-            logits = logits_of(model, x, tta, tta_shift).float()
+            logits = logits_of(model, x, tta, tta_shift).float() / temperature
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            confidence, pred = logits.softmax(1).max(1)
+            pred = logits.argmax(1)
             confusion += torch.bincount(y * n + pred, minlength=n * n)
             top5 += (logits.topk(min(TOP_K, n), dim=1).indices == y[:, None]).any(1).sum()
-            b = (confidence * CALIBRATION_BINS).long().clamp_(max=CALIBRATION_BINS - 1)
-            for row, values in enumerate((torch.ones_like(confidence), confidence, (pred == y).float())):
-                bins[row].index_add_(0, b, values.double())
+            bins += calibration_bins(logits, y)
             preds.append(pred)
+            if keep_logits:
+                kept.append(logits.cpu())
     model.train(was_training)
     cm = confusion.view(n, n).cpu().numpy()
     total = max(int(cm.sum()), 1)
@@ -170,8 +176,47 @@ def evaluate(
         tta=tta,
         tta_shift=tta_shift,
         top5_accuracy=int(top5) / total,
+        temperature=temperature,
         bins=bins.cpu().numpy(),
+        logits=torch.cat(kept) if kept else None,
     )
+
+
+def calibration_bins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per confidence bin (the top class's softmax probability): images, summed confidence, correct top-1
+    (3 x CALIBRATION_BINS, float64), what the expected calibration error is computed from."""
+    confidence, pred = logits.float().softmax(1).max(1)
+    b = (confidence * CALIBRATION_BINS).long().clamp_(max=CALIBRATION_BINS - 1)
+    bins = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64, device=logits.device)
+    for row, values in enumerate((torch.ones_like(confidence), confidence, (pred == labels).float())):
+        bins[row].index_add_(0, b, values.double())
+    return bins
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    count, confidence, correct = calibration_bins(logits, labels)
+    return float((confidence - correct).abs().sum() / max(float(count.sum()), 1.0))
+
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimises the cross-entropy of ``logits / T`` (Guo et al., 2017): one number,
+    fitted on held-out images, that rescales confidence without changing any prediction."""
+    low, high = TEMPERATURE_BOUNDS
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    logits, labels = logits.detach().float().cpu(), labels.cpu()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(min(max(log_t.exp().item(), low), high))
 
 
 # --------------------------------------------------------------------------- predict
@@ -217,6 +262,7 @@ def predict(
     file that fails gets its own error, the rest go on."""
     check_tta_shift(tta_shift)
     classes = getattr(model, "classes", CLASSES)
+    temperature = getattr(model, "temperature", 1.0)  # evaluate --calibrate's, where one was fitted
     device = torch.device(device)
     model.eval()
     results: list[Prediction] = []
@@ -225,7 +271,7 @@ def predict(
 
     def classify() -> None:
         batch = torch.stack([x for _, x in good]).to(device, memory_format=torch.channels_last)  # as evaluate
-        probs = logits_of(model, batch, tta, tta_shift).softmax(1).cpu()
+        probs = (logits_of(model, batch, tta, tta_shift).float() / temperature).softmax(1).cpu()
         values, indices = probs.topk(k, dim=1)
         for (i, _), vals, idxs in zip(good, values, indices, strict=True):
             results[i].top = [(classes[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
