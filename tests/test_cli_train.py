@@ -723,8 +723,16 @@ def test_calibrate_keeps_a_temperature_that_predict_and_evaluate_then_use(traine
     torch.save({**torch.load(checkpoint, weights_only=True), "epoch": 99}, checkpoint)
     stale = run_cli("predict", str(checkpoint), str(image), "--json")
     assert stale.returncode == 0 and f"warning: ignoring {kept}: made for other weights" in stale.stderr
-    kept.write_text('{"temperature": "hot"}')
-    broken = run_cli("predict", str(checkpoint), str(image))
-    assert broken.returncode == 1 and broken.stderr.strip().splitlines() == [
-        f"alexnet-cifar10: error: {kept}: not a calibration file (a temperature in [0.05, 20.0] and the weights' "
-        "sha256); remove it or run evaluate --calibrate again"]
+    for text in ('{"temperature": "hot"}', '{"temperature": 1' + "0" * 400 + ', "weights_sha256": "x"}'):
+        kept.write_text(text)
+        broken = run_cli("predict", str(checkpoint), str(image))
+        assert broken.returncode == 1 and broken.stderr.strip().splitlines() == [
+            f"alexnet-cifar10: error: {kept}: not a calibration file (a temperature in [0.05, 20.0] and the weights' "
+            "sha256); remove it (evaluate --calibrate writes a new one)"]
+    refit = run_cli("evaluate", str(checkpoint), *data, "--calibrate", "--json")  # a new fit does not read it
+    assert refit.returncode == 0, refit.stderr
+    assert json.loads(kept.read_text())["tta"] is False  # the fit records the augmentation it was made with
+    other = run_cli("evaluate", str(checkpoint), "--data", str(tiny_png), "--val-size", "30", "--calibrate")
+    assert other.returncode == 1 and "give --val-size 20 as it was trained with, not 30" in other.stderr
+    nowhere = run_cli("evaluate", str(checkpoint), *data, "--csv", str(tmp_path / "no" / "t.csv"))
+    assert nowhere.returncode == 1 and f"no folder {tmp_path / 'no'} to write it in" in nowhere.stderr

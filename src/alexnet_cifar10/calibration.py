@@ -50,10 +50,12 @@ def load_temperature(weights: str | Path) -> float:
         return 1.0
     info = read_json(path, MAX_BYTES, CheckpointError, "a calibration file may be")
     temperature = info.get("temperature") if isinstance(info, dict) else None
-    if (not isinstance(temperature, int | float) or isinstance(temperature, bool) or not math.isfinite(temperature)
+    if isinstance(temperature, int) and not isinstance(temperature, bool):
+        temperature = float(temperature) if abs(temperature) < 10**6 else math.inf  # 10**400 overflows float()
+    if (not isinstance(temperature, float) or not math.isfinite(temperature)
             or not BOUNDS[0] <= temperature <= BOUNDS[1] or not isinstance(info.get("weights_sha256"), str)):
         raise CheckpointError(f"{path}: not a calibration file (a temperature in [{BOUNDS[0]}, {BOUNDS[1]}] and "
-                              "the weights' sha256); remove it or run evaluate --calibrate again")
+                              "the weights' sha256); remove it (evaluate --calibrate writes a new one)")
     if info["weights_sha256"] != weights_sha256(weights):
         print(printable(f"warning: ignoring {path}: made for other weights (run evaluate --calibrate again)"),
               file=sys.stderr)

@@ -284,13 +284,15 @@ def trained_state(weights: str | Path) -> dict[str, Any]:
     return check_model(state, path)
 
 
-def load_for_inference(weights: str | Path, device: str | torch.device = "cpu") -> tuple[AlexNet, dict[str, Any]]:
-    """``load_model``'s model and the checkpoint state it came from."""
+def load_for_inference(weights: str | Path, device: str | torch.device = "cpu",
+                       calibrated: bool = True) -> tuple[AlexNet, dict[str, Any]]:
+    """``load_model``'s model and the checkpoint state it came from; ``calibrated=False`` leaves the kept
+    temperature unread (1.0), as a new fit needs."""
     from alexnet_cifar10.calibration import load_temperature
 
     state = trained_state(weights)
     model = model_from_state(state).float().to(device)
-    model.temperature = load_temperature(weights)
+    model.temperature = load_temperature(weights) if calibrated else 1.0
     return model, state
 
 

@@ -27,6 +27,7 @@ from alexnet_cifar10.config import (
     check_bounds,
     config_from_file,
     downloads_into,
+    flag,
     make_config,
 )
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
@@ -184,7 +185,7 @@ def _load_for_eval(args: argparse.Namespace):  # noqa: ANN202
     from alexnet_cifar10.device import select_device
 
     device = select_device(args.device)
-    model, state = load_for_inference(weights_of(args), device)
+    model, state = load_for_inference(weights_of(args), device, calibrated=not getattr(args, "calibrate", False))
     return model, state, device
 
 
@@ -226,6 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         claim_evaluation_dir(Path(args.out))  # fail on a bad --out before the work
     if args.csv:
         check_replaceable(Path(args.csv).parent, [Path(args.csv).name], ConfigError)
+        if not Path(args.csv).parent.is_dir():
+            raise ConfigError(f"--csv {args.csv}: no folder {Path(args.csv).parent} to write it in")
     if args.calibrate and args.split not in (None, "val"):
         raise ConfigError("--calibrate fits on the validation split; it does not go with --split "
                           f"{args.split} (evaluate the other split afterwards: the temperature is kept)")
@@ -235,6 +238,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kept = calibration_path(weights_of(args))
         check_replaceable(kept.parent, [kept.name], ConfigError)
     model, state, device = _load_for_eval(args)
+    if args.calibrate:
+        check_calibration_split(args, state)
     data = load_data(args)
     name = "val" if args.calibrate else args.split or data.eval_split_name()
     split = data.split(name)
@@ -266,6 +271,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_calibration_split(args: argparse.Namespace, state: dict[str, Any]) -> None:
+    """A temperature is fitted on images the network did not train on: the validation split its run held out."""
+    trained = state.get("config") or {}
+    for name in ("val_size", "split_seed"):
+        if name in trained and getattr(args, name) != trained[name]:
+            raise ConfigError(f"--calibrate fits on the validation split the run held out: give --{flag(name)} "
+                              f"{trained[name]} as it was trained with, not {getattr(args, name)}")
+
+
 def calibrate(args: argparse.Namespace, result: Any, labels: Any) -> dict[str, Any]:
     """Fit a temperature on the validation logits of ``result``; keep it beside the weights when it lowers the
     expected calibration error (else keep nothing, and say so)."""
@@ -275,7 +289,8 @@ def calibrate(args: argparse.Namespace, result: Any, labels: Any) -> dict[str, A
     temperature = fit_temperature(result.logits, labels)
     after = expected_calibration_error(result.logits / temperature, labels)
     fitted = {"temperature": temperature, "ece_before": result.ece, "ece_after": after, "split": "val",
-              "images": len(labels), "val_size": args.val_size, "split_seed": args.split_seed}
+              "images": len(labels), "val_size": args.val_size, "split_seed": args.split_seed, "tta": result.tta,
+              "tta_shift": result.tta_shift}
     weights = weights_of(args)
     if after < result.ece:
         path = save_temperature(weights, temperature, fitted)

@@ -39,6 +39,11 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of running sums kept on ``device``: float64, except on MPS, which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (for timings): CUDA and MPS run asynchronously."""
     if device.type == "cuda":

@@ -15,7 +15,7 @@ from alexnet_cifar10.data.formats import CLASSES
 from alexnet_cifar10.data.images import IMAGE_SUFFIXES, decode_for_network
 from alexnet_cifar10.data.loader import ResidentLoader
 from alexnet_cifar10.data.sources import list_files
-from alexnet_cifar10.device import autocast
+from alexnet_cifar10.device import autocast, sum_dtype
 from alexnet_cifar10.errors import DataError
 from alexnet_cifar10.io import read_regular
 
@@ -149,14 +149,14 @@ def evaluate(
     model.eval()
     n = len(CLASSES)
     confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
     top5 = torch.zeros((), dtype=torch.int64, device=device)
-    bins = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64, device=device)  # calibration_bins, summed
+    bins = torch.zeros(3, CALIBRATION_BINS, dtype=sum_dtype(device), device=device)  # calibration_bins, summed
     preds, kept = [], []
     with autocast(device, precision):
         for x, y in loader.iterate(0):
             logits = logits_of(model, x, tta, tta_shift).float() / temperature
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").to(loss_sum.dtype)
             pred = logits.argmax(1)
             confusion += torch.bincount(y * n + pred, minlength=n * n)
             top5 += (logits.topk(min(TOP_K, n), dim=1).indices == y[:, None]).any(1).sum()
@@ -184,12 +184,12 @@ def evaluate(
 
 def calibration_bins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per confidence bin (the top class's softmax probability): images, summed confidence, correct top-1
-    (3 x CALIBRATION_BINS, float64), what the expected calibration error is computed from."""
+    (3 x CALIBRATION_BINS, ``sum_dtype``), what the expected calibration error is computed from."""
     confidence, pred = logits.float().softmax(1).max(1)
     b = (confidence * CALIBRATION_BINS).long().clamp_(max=CALIBRATION_BINS - 1)
-    bins = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64, device=logits.device)
+    bins = torch.zeros(3, CALIBRATION_BINS, dtype=sum_dtype(logits.device), device=logits.device)
     for row, values in enumerate((torch.ones_like(confidence), confidence, (pred == labels).float())):
-        bins[row].index_add_(0, b, values.double())
+        bins[row].index_add_(0, b, values.to(bins.dtype))
     return bins
 
 

@@ -21,6 +21,7 @@ from alexnet_cifar10.checkpoint import model_from_state, require, save_safetenso
 from alexnet_cifar10.config import EXPORT_FORMATS
 from alexnet_cifar10.errors import ConfigError
 from alexnet_cifar10.io import atomic_write, check_replaceable
+from alexnet_cifar10.version import __version__
 
 FORMATS = EXPORT_FORMATS
 INPUT_DESCRIPTION = "float RGB images in [0, 1], N x 3 x 32 x 32 (normalised inside the model)"
@@ -69,7 +70,8 @@ def metadata_of(state: dict[str, Any], model: nn.Module) -> dict[str, str]:
     """What an exported file records beside the network: its name and settings, its classes in output order, its
     input, the package version."""
     return {"model_name": state["model_name"], "model_kwargs": json.dumps(state.get("model_kwargs") or {}),
-            "classes": json.dumps(list(model.classes)), "input": INPUT_DESCRIPTION, "producer": "alexnet-cifar10"}
+            "classes": json.dumps(list(model.classes)), "input": INPUT_DESCRIPTION, "producer": "alexnet-cifar10",
+            "version": __version__}
 
 
 def check_onnx(model: nn.Module, onnx_file: Path, images: torch.Tensor, batch: int = 250) -> OnnxCheck:

@@ -28,7 +28,14 @@ from alexnet_cifar10.checkpoint import load_checkpoint, save_checkpoint, save_sa
 from alexnet_cifar10.config import Config, downloads_into
 from alexnet_cifar10.data import Cifar10, load_cifar10
 from alexnet_cifar10.data.loader import ResidentLoader
-from alexnet_cifar10.device import autocast, configure_backends, precision_choice, select_device, set_threads
+from alexnet_cifar10.device import (
+    autocast,
+    configure_backends,
+    precision_choice,
+    select_device,
+    set_threads,
+    sum_dtype,
+)
 from alexnet_cifar10.errors import CheckpointError, ConfigError, TrainingError
 from alexnet_cifar10.evaluation import EvalResult, evaluate
 from alexnet_cifar10.models import (
@@ -263,7 +270,7 @@ def train_one_epoch(state: TrainState, run: Run, loader: ResidentLoader, stop: d
     SIGTERM ends it with a checkpoint and ``Interrupted``."""
     config, device = run.config, run.device
     state.model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0  # this rank's images since the epoch (re)started; state.partial holds the rest, summed
     t0 = time.perf_counter() - state.partial.seconds
@@ -284,7 +291,7 @@ def train_one_epoch(state: TrainState, run: Run, loader: ResidentLoader, stop: d
             lookahead(state.slow_weights, state.model, state.global_step, total_steps)
         if state.ema is not None:
             state.ema.update(state.model)
-        loss_sum += loss.detach().double() * len(y)
+        loss_sum += loss.detach().to(loss_sum.dtype) * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         bar.update(1)
