@@ -405,7 +405,7 @@ def test_bn_momentum_reaches_every_batchnorm(tiny_png: Path, tmp_path: Path) -> 
     from alexnet_cifar10 import train
 
     config = make_config(data=str(tiny_png), val_size=20, batch_size=16, epochs=1, threads=1, progress=False,
-                         model="alexnet_fast_bn", bn_momentum=0.4, out=str(tmp_path / "run"))
+                         model="alexnet_narrow_bn", bn_momentum=0.4, out=str(tmp_path / "run"))
     bns = [m for m in train(config).model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 5 and all(m.momentum == 0.4 for m in bns)
 
