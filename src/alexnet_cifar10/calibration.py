@@ -31,6 +31,9 @@ def calibration_path(weights: str | Path) -> Path:
 
 
 def weights_sha256(weights: str | Path) -> str:
+    """The sha256 of the weights' file; a shipped name's is its JSON's, which loading has checked the file against."""
+    if pretrained.is_shipped_name(weights):
+        return pretrained.shipped_info(str(weights))["sha256"]
     return pretrained.sha256(pretrained.resolve(weights))
 
 

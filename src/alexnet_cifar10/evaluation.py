@@ -43,9 +43,7 @@ class EvalResult:
 
     @property
     def ece(self) -> float:
-        """Expected calibration error: the images-weighted mean gap between confidence and accuracy per bin."""
-        count, confidence, correct = self.bins
-        return float(np.abs(confidence - correct).sum() / max(count.sum(), 1))
+        return ece_of_bins(self.bins)
 
     @property
     def reliability(self) -> list[dict[str, float | int | None]]:
@@ -193,9 +191,14 @@ def calibration_bins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return bins
 
 
+def ece_of_bins(bins: np.ndarray) -> float:
+    """Expected calibration error: the images-weighted mean gap between confidence and accuracy per bin."""
+    count, confidence, correct = np.asarray(bins)
+    return float(np.abs(confidence - correct).sum() / max(count.sum(), 1))
+
+
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    count, confidence, correct = calibration_bins(logits, labels)
-    return float((confidence - correct).abs().sum() / max(float(count.sum()), 1.0))
+    return ece_of_bins(calibration_bins(logits, labels).cpu().numpy())
 
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
