@@ -735,4 +735,4 @@ def test_calibrate_keeps_a_temperature_that_predict_and_evaluate_then_use(traine
     other = run_cli("evaluate", str(checkpoint), "--data", str(tiny_png), "--val-size", "30", "--calibrate")
     assert other.returncode == 1 and "give --val-size 20 as it was trained with, not 30" in other.stderr
     nowhere = run_cli("evaluate", str(checkpoint), *data, "--csv", str(tmp_path / "no" / "t.csv"))
-    assert nowhere.returncode == 1 and f"no folder {tmp_path / 'no'} to write it in" in nowhere.stderr
+    assert nowhere.returncode == 1 and f"folder {tmp_path / 'no'} does not exist" in nowhere.stderr

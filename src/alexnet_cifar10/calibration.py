@@ -13,11 +13,11 @@ from typing import Any
 from alexnet_cifar10 import pretrained
 from alexnet_cifar10.data.cache import default_cache_dir
 from alexnet_cifar10.errors import CheckpointError, printable
+from alexnet_cifar10.evaluation import TEMPERATURE_BOUNDS as BOUNDS  # what a fit may give and a file may hold
 from alexnet_cifar10.io import atomic_write_text, read_json
 
 SUFFIX = ".calibration.json"
 MAX_BYTES = 64 * 1024  # a calibration file is a few hundred bytes
-BOUNDS = (0.05, 20.0)  # temperatures a fit may give and a file may hold
 
 
 def calibration_path(weights: str | Path) -> Path:

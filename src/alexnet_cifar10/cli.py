@@ -226,9 +226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         claim_evaluation_dir(Path(args.out))  # fail on a bad --out before the work
     if args.csv:
-        check_replaceable(Path(args.csv).parent, [Path(args.csv).name], ConfigError)
-        if not Path(args.csv).parent.is_dir():
-            raise ConfigError(f"--csv {args.csv}: no folder {Path(args.csv).parent} to write it in")
+        check_output_file("--csv", args.csv)
     if args.calibrate and args.split not in (None, "val"):
         raise ConfigError("--calibrate fits on the validation split; it does not go with --split "
                           f"{args.split} (evaluate the other split afterwards: the temperature is kept)")
@@ -269,6 +267,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.calibrate:
             print(record["calibration"]["summary"])
     return 0
+
+
+def check_output_file(option: str, path: str) -> None:
+    """A file a command will write once its work is done: a missing folder, a FIFO or a device there is refused
+    now, not after the work."""
+    if not Path(path).parent.is_dir():
+        raise ConfigError(f"{option} {path}: folder {Path(path).parent} does not exist")
+    check_replaceable(Path(path).parent, [Path(path).name], ConfigError)
 
 
 def check_calibration_split(args: argparse.Namespace, state: dict[str, Any]) -> None:
@@ -322,12 +328,13 @@ def evaluated(args: argparse.Namespace, state: dict[str, Any], data: Any, device
     import torch
 
     from alexnet_cifar10 import pretrained
+    from alexnet_cifar10.calibration import weights_sha256
     from alexnet_cifar10.runs import device_name
 
     weights = weights_of(args)
-    path = pretrained.resolve(weights)
-    return {"weights": weights if pretrained.is_shipped_name(weights) else str(path.resolve()),
-            "weights_sha256": pretrained.sha256(path), "model": state["model_name"], "data": str(data.source),
+    shipped = pretrained.is_shipped_name(weights)
+    return {"weights": weights if shipped else str(Path(weights).resolve()),
+            "weights_sha256": weights_sha256(weights), "model": state["model_name"], "data": str(data.source),
             "val_size": args.val_size, "split_seed": args.split_seed, "version": __version__,
             "torch": torch.__version__, "device": device_name(device), "precision": "fp32"}
 
@@ -364,10 +371,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.models import create_model
 
     check_flags(args, "steps", "repeats", "batch_size", "threads")
-    if args.json:  # a missing folder, a FIFO or a device there is refused now, not after the measurement
-        if not Path(args.json).parent.is_dir():
-            raise ConfigError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
-        check_replaceable(Path(args.json).parent, [Path(args.json).name], ConfigError)
+    if args.json:
+        check_output_file("--json", args.json)
     create_model(args.model)  # an unknown name fails here, before the data loads
     device = select_device(args.device)
     set_threads(args.threads)
