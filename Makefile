@@ -19,12 +19,12 @@ EXTRAS     := $(VENV)/.installed-extras
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[explain]"
 	touch $(INSTALLED)
 
 # the tests also need the test tools, the exporters, the notebook runner and TensorBoard's reader
 $(EXTRAS): $(INSTALLED)
-	$(BIN)/pip install -q -e ".[dev,export,notebook,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,export,notebook,tensorboard,serve]"
 	touch $(EXTRAS)
 
 # the package and its dependencies in $(VENV), nothing trained

@@ -113,6 +113,25 @@ def build_parser() -> Parser:
     add_tta_flags(pr)
     pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--json", action="store_true", help="print JSON")
+    exp = sub.add_parser("explain", help="Grad-CAM: where the network looks for its top classes, as PNGs and a "
+                                        "contact sheet")
+    exp.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE_OR_FOLDER",
+                     help="without --weights, the first is the checkpoint")
+    exp.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    exp.add_argument("--out", required=True, help="a new or empty folder for the PNGs, sheet.png and explain.json")
+    exp.add_argument("--top-k", type=int, default=3, help="classes explained per image")
+    exp.add_argument("--layer", default=None,
+                     help="the layer whose output is weighed, e.g. features.3 (default: the last convolution)")
+    add_tta_flags(exp)
+    exp.add_argument("--device", choices=DEVICES, default="auto")
+    srv = sub.add_parser("serve", help="a local demo page and an HTTP API (POST /predict, /explain; GET /healthz)")
+    add_weights_flags(srv)
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)")
+    srv.add_argument("--port", type=int, default=8000, help="port (0: any free one, printed)")
+    srv.add_argument("--layer", default=None, help="the layer of the page's Grad-CAM (default: the last convolution)")
+    add_tta_flags(srv)
+    srv.add_argument("--device", choices=DEVICES, default="auto")
     bench = sub.add_parser("benchmark", help="training throughput: real loop vs compute-only vs seed-style; MFU")
     add_data_flags(bench)
     add_config_flags(bench, BENCHMARK_FIELDS)

@@ -34,15 +34,17 @@ from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.io import atomic_write_text, check_replaceable, foreign_files
 from alexnet_cifar10.version import __version__
 
+TAKES_IMAGES = ("predict", "explain")  # the commands whose positional arguments are a checkpoint and images
+
 
 def weights_of(args: argparse.Namespace) -> str:
-    """--weights or the CHECKPOINT argument: exactly one of them. predict's first input is its checkpoint
-    when --weights is absent."""
-    if args.command == "predict":
+    """--weights or the CHECKPOINT argument: exactly one of them. The first input of predict and explain is
+    their checkpoint when --weights is absent."""
+    if args.command in TAKES_IMAGES:
         if args.weights is None:
             if len(args.inputs) < 2:
-                raise ConfigError("predict needs a checkpoint and images: predict CHECKPOINT IMAGE... or "
-                                  "predict --weights NAME_OR_PATH IMAGE...")
+                raise ConfigError(f"{args.command} needs a checkpoint and images: {args.command} CHECKPOINT IMAGE... "
+                                  f"or {args.command} --weights NAME_OR_PATH IMAGE...")
             args.weights, args.inputs = args.inputs[0], args.inputs[1:]
         return args.weights
     if (args.weights is None) == (args.checkpoint is None):
@@ -61,7 +63,7 @@ def load_data(args: argparse.Namespace, progress: bool = False):  # noqa: ANN201
 
 
 # the numeric flags that are not training settings, and the values they may take (the others take their setting's)
-FLAG_BOUNDS = {"top_k": Bounds(1, 10), "steps": Bounds(1, 10_000),
+FLAG_BOUNDS = {"top_k": Bounds(1, 10), "port": Bounds(0, 65535), "steps": Bounds(1, 10_000),
                "repeats": Bounds(1, 100), "check_images": Bounds(1, 60_000)}
 
 
@@ -365,6 +367,96 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def claim_empty_dir(option: str, out: Path) -> None:
+    """``out`` created, or accepted when it is an empty folder: nothing of the user's is written over."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if any(out.iterdir()):
+            raise ConfigError(f"{option} {out} is not empty; give a new or empty folder")
+    except OSError as e:
+        raise ConfigError(f"cannot use {option} {out}: {e.strerror or e}") from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from alexnet_cifar10.explain import GradCam
+
+    check_flags(args, "top_k", "tta_shift")
+    out = Path(args.out)
+    claim_empty_dir("--out", out)
+    model, state, device = _load_for_eval(args)
+    tta, shift = tta_of(args, state)
+    cam = GradCam(model, args.layer, tta=tta, tta_shift=shift)
+    explained, failed = explain_files(cam, args.inputs, args.top_k, out, device)
+    if not explained and not failed:
+        print(f"{PROG}: error: no image files found in {', '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    for error in failed:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def explain_files(cam: Any, inputs: list[str], top_k: int, out: Path, device: Any) -> tuple[list[dict], list[str]]:
+    """Grad-CAM of each image file's top classes: one overlay PNG per (image, class), sheet.png of the first
+    SHEET_ROWS images, explain.json; one line per image on stdout. Returns the records and the files' errors."""
+    from PIL import Image
+
+    from alexnet_cifar10 import reporting
+    from alexnet_cifar10.errors import DataError
+    from alexnet_cifar10.evaluation import expand_inputs, load_image
+    from alexnet_cifar10.io import atomic_write
+
+    records: list[dict] = []
+    failed: list[str] = []
+    sheet = []
+    for path in expand_inputs(inputs):
+        try:
+            x, resized = load_image(path)
+        except DataError as e:
+            failed.append(str(e))
+            continue
+        explanation = cam.explain(x[None].to(device), top_k)[0]
+        files = []
+        for rank, ((label, _), heatmap) in enumerate(zip(explanation.top, explanation.heatmaps, strict=True), 1):
+            name = f"{len(records):04d}-{path.stem[:60]}-{rank}-{label}.png"
+            image = Image.fromarray(reporting.overlay(x, heatmap))
+            atomic_write(out / name, lambda f, image=image: image.save(f, format="PNG"))
+            files.append(name)
+        records.append({"path": str(path), "top": explanation.top, "resized_from": resized, "gradcam": files})
+        if len(sheet) < SHEET_ROWS:
+            sheet.append((x, path.name[:24], [(f"{label} {100 * p:.1f}%", h)
+                                              for (label, p), h in zip(explanation.top, explanation.heatmaps,
+                                                                       strict=True)]))
+        guesses = ", ".join(f"{c} {100 * p:.1f}%" for c, p in explanation.top)
+        print(f"{path}: {guesses} -> {out / files[0]}")
+    if records:
+        reporting.plot_gradcam_sheet(sheet, out / "sheet.png", title=f"Grad-CAM at {cam.layer}")
+        atomic_write_text(out / "explain.json", json.dumps({"layer": cam.layer, "images": records}, indent=2))
+    return records, failed
+
+
+SHEET_ROWS = 64  # images on explain's contact sheet (every image gets its PNGs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from alexnet_cifar10 import serve
+
+    check_flags(args, "port", "tta_shift")
+    model, state, device = _load_for_eval(args)
+    tta, shift = tta_of(args, state)
+    app = serve.create_app(model, weights=weights_of(args), model_name=state["model_name"], device=device, tta=tta,
+                           tta_shift=shift, layer=args.layer)
+    sock = serve.listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    if args.host in serve.LOOPBACK:
+        print(f"serving {weights_of(args)} on {url} (this machine only; --host 0.0.0.0 serves other machines too)")
+    else:
+        print(f"serving {weights_of(args)} on {url}; anyone who can reach this address can use it")
+    print("Ctrl-C stops it", flush=True)
+    serve.serve(app, sock)
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from alexnet_cifar10.benchmark import format_table, run_benchmark
     from alexnet_cifar10.device import precision_choice, select_device, set_threads
@@ -415,6 +507,8 @@ COMMANDS = {
     ("train", None): cmd_train,
     ("evaluate", None): cmd_evaluate,
     ("predict", None): cmd_predict,
+    ("explain", None): cmd_explain,
+    ("serve", None): cmd_serve,
     ("benchmark", None): cmd_benchmark,
     ("export", None): cmd_export,
 }
@@ -469,7 +563,7 @@ def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # predict's files may stand after its flags too: predict CKPT --top-k 1 a.png b.png
-        if args.command != "predict" or any(e.startswith("-") for e in extra):
+        if args.command not in TAKES_IMAGES or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.inputs += extra
     command = COMMANDS[(args.command, getattr(args, "data_command", None))]

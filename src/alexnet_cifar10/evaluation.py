@@ -252,6 +252,22 @@ def load_image(path: Path) -> tuple[torch.Tensor, tuple[int, int] | None]:
 
 
 @torch.no_grad()
+def top_classes(model: nn.Module, images: torch.Tensor, k: int = 3, *, tta: bool = False,
+                tta_shift: int = 0) -> list[list[tuple[str, float]]]:
+    """The ``k`` likeliest classes of each image (float N x 3 x 32 x 32 in [0, 1], on the model's device) with
+    their probabilities, best first: named by ``model.classes`` (CIFAR-10's where the model has none), divided by
+    ``model.temperature`` (``evaluate --calibrate``'s, where one was fitted)."""
+    classes = getattr(model, "classes", CLASSES)
+    temperature = getattr(model, "temperature", 1.0)
+    model.eval()
+    batch = images.contiguous(memory_format=torch.channels_last)  # as evaluate
+    probs = (logits_of(model, batch, tta, tta_shift).float() / temperature).softmax(1).cpu()
+    values, indices = probs.topk(max(1, min(k, len(classes))), dim=1)
+    return [[(classes[j], float(v)) for v, j in zip(vals, idxs, strict=True)] for vals, idxs in zip(values, indices,
+                                                                                                       strict=True)]
+
+
+@torch.no_grad()
 def predict(
     model: nn.Module,
     paths: list[str | Path],
@@ -261,23 +277,17 @@ def predict(
     tta: bool = False,
     tta_shift: int = 0,
 ) -> list[Prediction]:
-    """Top-k classes for each image file, named by ``model.classes`` (CIFAR-10's where the model has none); a
-    file that fails gets its own error, the rest go on."""
+    """Top-k classes for each image file (``top_classes``); a file that fails gets its own error, the rest go
+    on."""
     check_tta_shift(tta_shift)
-    classes = getattr(model, "classes", CLASSES)
-    temperature = getattr(model, "temperature", 1.0)  # evaluate --calibrate's, where one was fitted
     device = torch.device(device)
-    model.eval()
     results: list[Prediction] = []
     good: list[tuple[int, torch.Tensor]] = []  # decoded images waiting for the next batch
-    k = max(1, min(top_k, len(classes)))
 
     def classify() -> None:
-        batch = torch.stack([x for _, x in good]).to(device, memory_format=torch.channels_last)  # as evaluate
-        probs = (logits_of(model, batch, tta, tta_shift).float() / temperature).softmax(1).cpu()
-        values, indices = probs.topk(k, dim=1)
-        for (i, _), vals, idxs in zip(good, values, indices, strict=True):
-            results[i].top = [(classes[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
+        batch = torch.stack([x for _, x in good]).to(device)
+        for (i, _), top in zip(good, top_classes(model, batch, top_k, tta=tta, tta_shift=tta_shift), strict=True):
+            results[i].top = top
         good.clear()
 
     for path in expand_inputs(paths):  # in batches of PREDICT_BATCH: memory stays flat however many files

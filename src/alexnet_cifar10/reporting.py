@@ -100,6 +100,62 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor
     return _save(fig, path)
 
 
+def overlay(image: torch.Tensor, heatmap: torch.Tensor, scale: int = 8, alpha: float = 0.5) -> np.ndarray:
+    """An image (3 x H x W, float in [0, 1]) with a heatmap (H x W, [0, 1]) laid over it in the jet colours,
+    both upsampled ``scale`` times for viewing: (H*scale) x (W*scale) x 3 uint8."""
+    size = (image.shape[-2] * scale, image.shape[-1] * scale)
+    big = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    heat = torch.nn.functional.interpolate(heatmap[None, None].float(), size=size, mode="bilinear",
+                                           align_corners=False)[0, 0].clamp(0, 1)
+    colours = torch.from_numpy(matplotlib.colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+    mixed = (1 - alpha) * big.clamp(0, 1) + alpha * colours
+    return (mixed.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def plot_gradcam_sheet(rows: list[tuple[torch.Tensor, str, list[tuple[str, torch.Tensor]]]], path: Path,
+                       title: str | None = None) -> Path:
+    """A contact sheet: per row an image (3 x 32 x 32 in [0, 1]) with its caption, then one Grad-CAM overlay per
+    (caption, heatmap) beside it."""
+    cols = 1 + max((len(maps) for _, _, maps in rows), default=0)
+    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(cols * 1.6, max(1, len(rows)) * 1.8), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (image, caption, maps) in enumerate(rows):
+        axes[r][0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="bilinear")
+        axes[r][0].set_title(caption, fontsize=7)
+        for c, (label, heatmap) in enumerate(maps, start=1):
+            axes[r][c].imshow(overlay(image, heatmap))
+            axes[r][c].set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_gradcam_panel(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                       classes: tuple[str, ...], path: Path, n: int = 4, seed: int = 0, tta: bool = False,
+                       tta_shift: int = 0) -> Path | None:
+    """Grad-CAM of the predicted class on ``n`` right and ``n`` wrong images of a split (uint8 N x 3 x 32 x 32),
+    drawn at random; None (and no file) where captum is not installed."""
+    from alexnet_cifar10.errors import ConfigError
+    from alexnet_cifar10.explain import GradCam
+
+    try:
+        cam = GradCam(model, tta=tta, tta_shift=tta_shift)
+    except ConfigError:  # the optional extra is missing: the report says so instead of showing the panel
+        return None
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    right = order[(preds[order] == labels[order])][:n]
+    wrong = order[(preds[order] != labels[order])][:n]
+    chosen = torch.cat([right, wrong])
+    x = images[chosen].float().div(255).to(next(model.parameters()).device)
+    maps = cam.maps(x, preds[chosen])
+    rows = [(x[i].cpu(), f"true: {classes[int(labels[j])]}", [(f"{'' if preds[j] == labels[j] else 'wrong: '}"
+                                                               f"{classes[int(preds[j])]}", maps[i])])
+            for i, j in enumerate(chosen.tolist())]
+    return plot_gradcam_sheet(rows, path, title="Grad-CAM of the predicted class: right (top), wrong (bottom)")
+
+
 def _img(path: Path) -> str:
     if not path.is_file():
         return ""
@@ -133,6 +189,9 @@ def write_report(run_dir: Path, config: dict[str, Any], history: list[dict[str, 
             f"{100 * result.ece:.2f}%.</p><table><tr><th>class</th><th>accuracy (recall) %</th><th>precision %</th>"
             f"<th>F1 %</th><th>images</th></tr>{per_class}</table>{_img(run_dir / 'confusion.png')}"
             f"<h2>Calibration</h2>{_img(run_dir / 'reliability.png')}{_img(run_dir / 'samples.png')}"
+            "<h2>Where the network looks (Grad-CAM)</h2>"
+            + (_img(run_dir / "gradcam.png") or "<p>Install the explain extra (<code>pip install "
+               "'alexnet-cifar10[explain]'</code>) for Grad-CAM maps of right and wrong predictions.</p>")
         )
     summary = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"

@@ -25,7 +25,7 @@ except ImportError:  # Windows: no advisory locks; a second run on one folder is
     fcntl = None  # type: ignore[assignment]
 
 RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.jsonl", "curves.png", "confusion.png", "samples.png",
-             "reliability.png", "report.html", "final.json", "model.safetensors")
+             "reliability.png", "gradcam.png", "report.html", "final.json", "model.safetensors")
 LOCK_FILE = ".lock"  # held (flock) by the process training into the folder; the kernel frees it when that ends
 RESUME_OVERRIDES = ("epochs", "device", "progress", "threads", "checkpoint_every", "data", "deterministic")
 
