@@ -6,6 +6,7 @@ import fcntl
 import io
 import os
 import pickle
+import queue
 import re
 import struct
 import subprocess
@@ -452,3 +453,52 @@ def cache_file_bytes(metadata: dict[str, str], tensors: dict) -> bytes:
     from safetensors.torch import save
 
     return save(tensors, metadata)
+
+
+def png(size: tuple[int, int], colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def jpeg_of_many_scans(scans: int, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A progressive JPEG with ``scans`` - 10 empty refinement scans appended: few bytes, many passes."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 10)).save(out, format="JPEG", progressive=True)
+    data = out.getvalue()
+    assert data.count(b"\xff\xda") == 10  # Pillow's progressive JPEG: ten scans
+    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"  # SOS: one component, spectral 0-63
+    return data[:-2] + empty_scan * (scans - 10) + data[-2:]
+
+
+@dataclass
+class Served:
+    url: str
+    process: subprocess.Popen
+
+
+@contextmanager
+def served(*args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """``alexnet-cifar10 serve ARGS --port 0`` in its own process on the CPU; its URL read from the line it prints
+    first. Stopped (SIGTERM) when the block ends unless the block stopped it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_cifar10", "serve", *args, "--port", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    try:
+        first = lines.get(timeout=120)
+        found = re.search(r"http://\S+/", first)
+        if not found:
+            process.kill()
+            raise AssertionError(f"serve did not start: {first!r} {process.communicate(timeout=30)[1]}")
+        yield Served(found.group(0), process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import jpeg_of_many_scans, png
 from PIL import Image
 
 from alexnet_cifar10.data.images import MAX_IMAGE_SIDE
 from alexnet_cifar10.evaluation import PREDICT_BATCH, load_image, predict
 from alexnet_cifar10.models import create_model
-
-
-def png(size: tuple[int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, (200, 10, 10)).save(out, format="PNG")
-    return out.getvalue()
 
 
 @pytest.mark.parametrize(("name", "content", "message"), [
@@ -63,16 +57,6 @@ def test_predict_classifies_in_batches_and_keeps_the_order(tmp_path: Path, monke
         assert alone.top[0][0] == batched[i].top[0][0]
         assert alone.top[0][1] == pytest.approx(batched[i].top[0][1], abs=1e-5)
     assert load_image(paths[0])[0].shape == (3, 32, 32)
-
-
-def jpeg_of_many_scans(scans: int, size: tuple[int, int] = (640, 480)) -> bytes:
-    """A progressive JPEG with ``scans`` - 10 empty refinement scans appended: few bytes, many passes."""
-    out = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 10)).save(out, format="JPEG", progressive=True)
-    data = out.getvalue()
-    assert data.count(b"\xff\xda") == 10  # Pillow's progressive JPEG: ten scans
-    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"  # SOS: one component, spectral 0-63
-    return data[:-2] + empty_scan * (scans - 10) + data[-2:]
 
 
 def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_path: Path) -> None:
