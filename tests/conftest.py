@@ -475,6 +475,7 @@ def jpeg_of_many_scans(scans: int, size: tuple[int, int] = (640, 480)) -> bytes:
 class Served:
     url: str
     process: subprocess.Popen
+    banner: str  # the line serve printed first
 
 
 @contextmanager
@@ -493,7 +494,7 @@ def served(*args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
         if not found:
             process.kill()
             raise AssertionError(f"serve did not start: {first!r} {process.communicate(timeout=30)[1]}")
-        yield Served(found.group(0), process)
+        yield Served(found.group(0), process, first)
     finally:
         if process.poll() is None:
             process.terminate()

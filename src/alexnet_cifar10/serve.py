@@ -28,7 +28,7 @@ from alexnet_cifar10.errors import ConfigError, DataError
 from alexnet_cifar10.evaluation import top_classes
 
 INSTALL = "'alexnet-cifar10[serve]'"
-for _module in ("fastapi", "uvicorn", "multipart"):
+for _module in ("fastapi", "uvicorn", "python_multipart"):
     require(_module, INSTALL)
 
 import uvicorn  # noqa: E402
