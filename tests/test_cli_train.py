@@ -42,7 +42,7 @@ def trained_run(tiny_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_train_writes_the_run_folder(trained_run: Path) -> None:
     for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "confusion.png",
-                 "samples.png", "reliability.png", "report.html", "final.json"):
+                 "samples.png", "reliability.png", "gradcam.png", "report.html", "final.json"):
         assert (trained_run / name).is_file(), name
     config = json.loads((trained_run / "config.json").read_text())
     assert config["recipe"] == "seed" and config["optimizer"] == "adam" and config["epochs"] == 1
@@ -53,8 +53,9 @@ def test_train_writes_the_run_folder(trained_run: Path) -> None:
     assert 0 < row["train_loss"] < 20 and 0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1
     assert row["lr"] == pytest.approx(make_config().lr) and row["seconds"] > 0 and row["images_per_s"] > 0
     html = (trained_run / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "per" not in html[:20]  # curves, confusion, reliability,
-    assert "expected calibration error" in html and "<th>F1 %</th>" in html      # samples
+    assert html.count("data:image/png;base64,") == 5 and "per" not in html[:20]  # curves, confusion, reliability,
+    assert "expected calibration error" in html and "<th>F1 %</th>" in html      # samples, Grad-CAM
+    assert 'Grad-CAM)</h2><img alt="gradcam.png"' in html
     final = json.loads((trained_run / "final.json").read_text())
     assert final["split"] == "test" and final["images"] == 20
     # the training compute, recorded three times: seed's network (157.0 MFLOPs) x 3 x 40 images x 1 epoch

@@ -126,7 +126,8 @@ def test_explain_refuses_a_folder_with_files_a_bad_layer_and_no_images(tmp_path:
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli("explain", "--weights", "seed", str(empty), "--out", str(tmp_path / "o4"))
-    assert result.returncode == 1 and result.stderr.strip() == f"alexnet-cifar10: error: no image files found in {empty}"
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"alexnet-cifar10: error: no image files found in {empty}"
 
 
 def test_without_captum_explain_says_what_to_install(tmp_path: Path) -> None:
@@ -139,3 +140,20 @@ def test_without_captum_explain_says_what_to_install(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == ("alexnet-cifar10: error: this needs the captum package: pip install "
                                      "'alexnet-cifar10[explain]'")
+
+
+def test_the_report_panel_shows_right_then_wrong_images(corner_model: torch.nn.Module,
+                                                                               tmp_path: Path) -> None:
+    from alexnet_cifar10 import reporting
+
+    images, labels = corner_squares(40, seed=4)
+    preds = labels.clone()
+    preds[:3] = (labels[:3] + 1) % len(CORNERS)  # three mistakes: the panel shows all three, then right ones
+    uint8 = (images * 255).round().to(torch.uint8)
+    classes = ("top-left", "top-right", "bottom-left", "bottom-right", *(f"c{i}" for i in range(4, 10)))
+    fig = reporting.gradcam_panel(corner_model, uint8, labels, preds, classes)
+    top, bottom = fig.axes[:7], fig.axes[7:]  # four right and all three wrong: images above, maps below
+    assert len(fig.axes) == 14 and all(ax.get_title().startswith("true: ") for ax in top)
+    assert [ax.title.get_color() for ax in bottom] == ["black"] * 4 + ["red"] * 3
+    assert all(ax.get_title() in classes for ax in bottom)
+    assert reporting.plot_gradcam_panel(corner_model, uint8, labels, preds, classes, tmp_path / "g.png").is_file()

@@ -9,26 +9,30 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from alexnet_cifar10.evaluation import EvalResult  # noqa: E402
-from alexnet_cifar10.io import atomic_write  # noqa: E402
+from alexnet_cifar10.evaluation import EvalResult
+from alexnet_cifar10.io import atomic_write
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+# Figures are made with matplotlib's object API, not pyplot: no global backend is chosen or changed, so a notebook
+# that imports the package keeps its inline figures, and a figure is freed with its last reference.
+def _subplots(*grid: int, figsize: tuple[float, float], layout: str | None = None, **kwargs: Any) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
     return path
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_acc) = _subplots(1, 2, figsize=(10, 3.8))
     for key, label in (("train_loss", "train"), ("val_loss", "val")):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
@@ -47,7 +51,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_confusion(result: EvalResult, path: Path) -> Path:
     cm = result.confusion
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = _subplots(figsize=(6.5, 5.5))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(result.classes)), result.classes, rotation=45, ha="right")
     ax.set_yticks(range(len(result.classes)), result.classes)
@@ -67,7 +71,7 @@ def plot_reliability(result: EvalResult, path: Path) -> Path:
     rows = result.reliability
     width = rows[0]["high"] - rows[0]["low"]
     centres = [(r["low"] + r["high"]) / 2 for r in rows]
-    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=(3, 1), sharex=True)
+    fig, (ax, ax_n) = _subplots(2, 1, figsize=(5.5, 6), height_ratios=(3, 1), sharex=True)
     ax.bar(centres, [r["accuracy"] or 0 for r in rows], width=width * 0.95, color="#4c72b0", label="accuracy")
     ax.bar(centres, [(r["confidence"] or 0) - (r["accuracy"] or 0) for r in rows], width=width * 0.95,
            bottom=[r["accuracy"] or 0 for r in rows], color="#dd8452", alpha=0.5, label="gap to confidence")
@@ -88,7 +92,7 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor
     idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
     cols = 8
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.75))
+    fig, axes = _subplots(rows, cols, figsize=(cols * 1.5, rows * 1.75))
     for ax in np.atleast_1d(axes).flat:
         ax.axis("off")
     for ax, i in zip(np.atleast_1d(axes).flat, idx.tolist(), strict=False):
@@ -117,8 +121,8 @@ def plot_gradcam_sheet(rows: list[tuple[torch.Tensor, str, list[tuple[str, torch
     """A contact sheet: per row an image (3 x 32 x 32 in [0, 1]) with its caption, then one Grad-CAM overlay per
     (caption, heatmap) beside it."""
     cols = 1 + max((len(maps) for _, _, maps in rows), default=0)
-    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(cols * 1.6, max(1, len(rows)) * 1.8), squeeze=False,
-                             layout="constrained")
+    fig, axes = _subplots(max(1, len(rows)), cols, figsize=(cols * 1.6, max(1, len(rows)) * 1.8), squeeze=False,
+                          layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for r, (image, caption, maps) in enumerate(rows):
@@ -132,11 +136,12 @@ def plot_gradcam_sheet(rows: list[tuple[torch.Tensor, str, list[tuple[str, torch
     return _save(fig, path)
 
 
-def plot_gradcam_panel(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
-                       classes: tuple[str, ...], path: Path, n: int = 4, seed: int = 0, tta: bool = False,
-                       tta_shift: int = 0) -> Path | None:
-    """Grad-CAM of the predicted class on ``n`` right and ``n`` wrong images of a split (uint8 N x 3 x 32 x 32),
-    drawn at random; None (and no file) where captum is not installed."""
+def gradcam_panel(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                  classes: tuple[str, ...], n: int = 4, seed: int = 0, tta: bool = False,
+                  tta_shift: int = 0) -> Figure | None:
+    """Grad-CAM of the predicted class on ``n`` right and then ``n`` wrong images of a split (uint8 N x 3 x 32 x
+    32), drawn at random: the images above (true class), their maps below (predicted class, red when wrong).
+    None where captum is not installed."""
     from alexnet_cifar10.errors import ConfigError
     from alexnet_cifar10.explain import GradCam
 
@@ -145,15 +150,31 @@ def plot_gradcam_panel(model: torch.nn.Module, images: torch.Tensor, labels: tor
     except ConfigError:  # the optional extra is missing: the report says so instead of showing the panel
         return None
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    right = order[(preds[order] == labels[order])][:n]
-    wrong = order[(preds[order] != labels[order])][:n]
+    right = order[preds[order] == labels[order]][:n]
+    wrong = order[preds[order] != labels[order]][:n]
     chosen = torch.cat([right, wrong])
     x = images[chosen].float().div(255).to(next(model.parameters()).device)
     maps = cam.maps(x, preds[chosen])
-    rows = [(x[i].cpu(), f"true: {classes[int(labels[j])]}", [(f"{'' if preds[j] == labels[j] else 'wrong: '}"
-                                                               f"{classes[int(preds[j])]}", maps[i])])
-            for i, j in enumerate(chosen.tolist())]
-    return plot_gradcam_sheet(rows, path, title="Grad-CAM of the predicted class: right (top), wrong (bottom)")
+    fig, axes = _subplots(2, max(1, len(chosen)), figsize=(1.6 * max(1, len(chosen)), 3.8), squeeze=False,
+                          layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for col, (i, heatmap) in enumerate(zip(chosen.tolist(), maps, strict=True)):
+        axes[0][col].imshow(images[i].permute(1, 2, 0).numpy())
+        axes[0][col].set_title(f"true: {classes[int(labels[i])]}", fontsize=7)
+        axes[1][col].imshow(overlay(x[col].cpu(), heatmap))
+        axes[1][col].set_title(classes[int(preds[i])], fontsize=7,
+                               color="black" if preds[i] == labels[i] else "red")
+    fig.suptitle(f"Grad-CAM of the predicted class at {cam.layer}: {len(right)} right, then {len(wrong)} wrong",
+                 fontsize=9)
+    return fig
+
+
+def plot_gradcam_panel(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
+                       classes: tuple[str, ...], path: Path, **kwargs: Any) -> Path | None:
+    """``gradcam_panel`` saved as ``path``; None (and no file) where captum is not installed."""
+    fig = gradcam_panel(model, images, labels, preds, classes, **kwargs)
+    return None if fig is None else _save(fig, path)
 
 
 def _img(path: Path) -> str:
