@@ -4,6 +4,7 @@ errors are what it says."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,16 +131,24 @@ def test_explain_refuses_a_folder_with_files_a_bad_layer_and_no_images(tmp_path:
     assert result.stderr.strip() == f"alexnet-cifar10: error: no image files found in {empty}"
 
 
-def test_without_captum_explain_says_what_to_install(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("hidden_module", "command", "extra"), [
+    ("captum", ["explain", "--out", "OUT"], "explain"),
+    ("fastapi", ["serve", "--port", "0"], "serve"),
+])
+def test_without_the_extra_a_command_says_what_to_install(tmp_path: Path, hidden_module: str, command: list[str],
+                                                          extra: str) -> None:
     hidden = tmp_path / "hidden"
     hidden.mkdir()
-    (hidden / "captum.py").write_text("raise ImportError('captum is not installed here')\n")
+    (hidden / f"{hidden_module}.py").write_text(f"raise ImportError('{hidden_module} is not installed here')\n")
     (tmp_path / "a.png").write_bytes(png((32, 32)))
-    result = run_cli("explain", "--weights", "seed", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
-                     env={"PYTHONPATH": str(hidden)})
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    if command[0] == "explain":
+        args.insert(1, str(tmp_path / "a.png"))
+    result = run_cli(*args, "--weights", "seed", "--device", "cpu", timeout=120,
+                     env={"PYTHONPATH": os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")])})
     assert result.returncode == 1
-    assert result.stderr.strip() == ("alexnet-cifar10: error: this needs the captum package: pip install "
-                                     "'alexnet-cifar10[explain]'")
+    assert result.stderr.strip() == (f"alexnet-cifar10: error: this needs the {hidden_module} package: pip install "
+                                     f"'alexnet-cifar10[{extra}]'")
 
 
 def test_the_report_panel_shows_right_then_wrong_images(corner_model: torch.nn.Module,
