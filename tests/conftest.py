@@ -476,25 +476,32 @@ class Served:
     url: str
     process: subprocess.Popen
     banner: str  # the line serve printed first
+    stderr: list[str] = field(default_factory=list)  # what it has written to stderr so far, line by line
 
 
 @contextmanager
 def served(*args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
     """``alexnet-cifar10 serve ARGS --port 0`` in its own process on the CPU; its URL read from the line it prints
-    first. Stopped (SIGTERM) when the block ends unless the block stopped it."""
+    first, its stderr read as it comes (a pipe nobody reads would stall it). Stopped (SIGTERM) when the block ends
+    unless the block stopped it."""
     process = subprocess.Popen(
         [sys.executable, "-m", "alexnet_cifar10", "serve", *args, "--port", "0", "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})})
     lines: queue.Queue[str] = queue.Queue()
+    errors: list[str] = []
     threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    reader = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+    reader.start()
     try:
         first = lines.get(timeout=120)
         found = re.search(r"http://\S+/", first)
         if not found:
             process.kill()
-            raise AssertionError(f"serve did not start: {first!r} {process.communicate(timeout=30)[1]}")
-        yield Served(found.group(0), process, first)
+            process.wait()
+            reader.join(timeout=30)
+            raise AssertionError(f"serve did not start: {first!r} {''.join(errors)}")
+        yield Served(found.group(0), process, first, errors)
     finally:
         if process.poll() is None:
             process.terminate()
@@ -503,3 +510,4 @@ def served(*args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        reader.join(timeout=30)

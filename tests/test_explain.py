@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +15,10 @@ from conftest import png, run_cli
 from PIL import Image
 
 from alexnet_cifar10 import load_model
-from alexnet_cifar10.evaluation import predict
+from alexnet_cifar10.evaluation import load_image, predict
 from alexnet_cifar10.explain import GradCam
 from alexnet_cifar10.models import create_model
+from alexnet_cifar10.reporting import overlay
 
 CORNERS = ((0, 0), (0, 20), (20, 0), (20, 20))  # top-left corner (row, column) of class c's square
 
@@ -97,6 +99,16 @@ def test_explain_writes_a_png_per_class_a_sheet_and_json_that_agree_with_predict
         for name in got["gradcam"]:
             with Image.open(out / name) as image:
                 assert image.size == (256, 256) and image.mode == "RGB"
+    # each PNG is its class's map: the one GradCam computes here for that class, over that image
+    model = load_model("seed")
+    cam = GradCam(model)
+    for record_of_image in record["images"]:
+        x = load_image(Path(record_of_image["path"]))[0]
+        for (label, _), name in zip(record_of_image["top"], record_of_image["gradcam"], strict=True):
+            heatmap = cam.maps(x[None], torch.tensor([model.classes.index(label)]))[0]
+            with Image.open(out / name) as image:
+                written = np.asarray(image).astype(int)
+            assert np.abs(written - overlay(x, heatmap).astype(int)).mean() < 1, name
     with Image.open(out / "sheet.png") as sheet:
         assert sheet.size[0] > 300 and sheet.size[1] > 3 * 100
     assert sorted(p.name for p in out.iterdir()) == sorted(

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -84,17 +85,32 @@ def test_predict_answers_as_the_predict_command_does(server: Served, tmp_path: P
     assert status == 200 and len(answer) == 3 and answer[0]["score"] >= answer[1]["score"] >= answer[2]["score"]
 
 
-def test_explain_answers_the_top_classes_and_a_gradcam_overlay(server: Served) -> None:
+def test_explain_answers_the_top_classes_and_the_gradcam_of_the_first(server: Served) -> None:
+    """The overlay is the map of the top class: the one GradCam computes here for it, not another class's."""
+    import base64
+
+    import numpy as np
+    import torch
+
+    from alexnet_cifar10.evaluation import decode_image_bytes
+    from alexnet_cifar10.explain import GradCam
+    from alexnet_cifar10.reporting import overlay
+
     status, answer = upload(server.url, image_bytes(3), path="/explain")
     assert status == 200 and len(answer["top"]) == 3 and answer["layer"] == "features.15"
     _, predicted = upload(server.url, image_bytes(3))
     assert [t["label"] for t in answer["top"]] == [p["label"] for p in predicted]
     header, _, data = answer["gradcam"].partition(",")
     assert header == "data:image/png;base64"
-    import base64
-
-    with Image.open(io.BytesIO(base64.b64decode(data))) as overlay:
-        assert overlay.size == (256, 256)
+    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+        served_overlay = np.asarray(image.convert("RGB")).astype(int)
+    model = load_model("seed")
+    x = decode_image_bytes(image_bytes(3), "x")[0]
+    cam = GradCam(model)
+    for rank, label in enumerate(t["label"] for t in answer["top"]):
+        heatmap = cam.maps(x[None], torch.tensor([model.classes.index(label)]))[0]
+        difference = np.abs(overlay(x, heatmap).astype(int) - served_overlay).mean()
+        assert (difference < 2) == (rank == 0), (rank, difference)  # the first class's map, and only it
 
 
 HOSTILE = [  # what a client may upload, and the status and words of the one-line error it gets
@@ -126,7 +142,7 @@ def test_malformed_requests_are_one_line_json_errors(server: Served) -> None:
     body, headers = multipart(png((32, 32)))
     cases = [  # (method, path, body, headers) -> status, words
         (("POST", "/predict", body, {**headers, "Content-Type": "text/plain"}), 422, "file: Field required"),
-        (("POST", "/predict", multipart(png((32, 32)), field="image")[0], headers), 400, "error parsing the body"),
+        (("POST", "/predict", multipart(png((32, 32)), field="image")[0], headers), 400, ""),  # another boundary
         (("POST", "/predict", *multipart(png((32, 32)), field="image")), 422, "file: Field required"),
         (("POST", "/predict?top_k=0", body, headers), 422, "top_k"),
         (("POST", "/predict?top_k=lots", body, headers), 422, "top_k"),
@@ -177,41 +193,98 @@ def test_the_page_is_served(server: Served) -> None:
     assert b'id="files"' in body and b"/explain" in body
 
 
-def test_requests_past_the_cap_get_503_and_the_rest_go_on() -> None:
-    """The concurrency cap, with an app made in this process (the cap is not a flag) behind a real uvicorn."""
+@contextmanager
+def in_process(app: object) -> Iterator[int]:
+    """``app`` behind a real uvicorn on 127.0.0.1, in a thread of this process; yields the port."""
     import uvicorn
 
-    from alexnet_cifar10.serve import create_app, listen
+    from alexnet_cifar10.serve import listen
 
-    app = create_app(load_model("seed"), weights="seed", model_name="alexnet_narrow_bn", max_in_flight=2)
     sock = listen("127.0.0.1", 0)
-    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    slow = []
     try:
-        while not server.started:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        body, headers = multipart(png((32, 32)))
-        for _ in range(2):  # two requests that have sent their headers and not yet their body
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['Content-Type']}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-            slow.append(s)
-        time.sleep(0.5)
-        status, _, answer = request(f"http://127.0.0.1:{port}/", "GET", "/healthz")
-        assert status == 503 and "busy: 2 requests in progress" in json.loads(answer)["error"]
-        for s in slow:
-            s.sendall(body[10:])
-            assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        status, _, _ = request(f"http://127.0.0.1:{port}/", "GET", "/healthz")
-        assert status == 200
+        yield sock.getsockname()[1]
     finally:
-        for s in slow:
-            s.close()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def half_sent(port: int, body: bytes, headers: dict[str, str]) -> socket.socket:
+    """A POST /predict whose headers and first 10 body bytes are sent, the rest held back."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['Content-Type']}\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    return s
+
+
+def seed_app(**limits: int) -> object:
+    from alexnet_cifar10.serve import create_app
+
+    return create_app(load_model("seed"), weights="seed", model_name="alexnet_narrow_bn", **limits)
+
+
+def test_uploads_past_the_cap_get_503_and_the_rest_go_on() -> None:
+    """The concurrency cap, with an app made in this process (the cap is not a flag)."""
+    body, headers = multipart(png((32, 32)))
+    with in_process(seed_app(max_in_flight=2)) as port:
+        url = f"http://127.0.0.1:{port}/"
+        slow = [half_sent(port, body, headers) for _ in range(2)]
+        try:
+            time.sleep(0.5)
+            status, _, answer = request(url, "POST", "/predict", body, headers)
+            assert status == 503 and json.loads(answer) == {
+                "error": "busy: 2 requests in progress; try again shortly"}
+            assert request(url, "GET", "/healthz")[0] == 200  # the page and the health check still answer
+            for s in slow:
+                s.sendall(body[10:])
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            assert request(url, "POST", "/predict", body, headers)[0] == 200
+        finally:
+            for s in slow:
+                s.close()
+
+
+def test_a_body_that_stops_coming_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet_cifar10 import serve
+
+    monkeypatch.setattr(serve, "BODY_TIMEOUT", 1)
+    body, headers = multipart(png((32, 32)))
+    with in_process(seed_app()) as port:
+        s = half_sent(port, body, headers)
+        try:
+            s.settimeout(30)
+            response = http.client.HTTPResponse(s)
+            response.begin()
+            status, answer = response.status, json.loads(response.read())
+        finally:
+            s.close()
+    assert status == 408 and answer == {"error": "no part of the request body came for 1 s"}
+
+
+def test_a_model_that_fails_answers_500_in_one_line_and_the_server_goes_on() -> None:
+    """A batch or a Grad-CAM that raises (here: on an all-white image) fails its own request only."""
+    model = load_model("seed")
+
+    def fail_on_white(_module: object, inputs: tuple) -> None:  # a normalised white image is about 2 everywhere
+        if bool((inputs[0] > 1.9).all()):
+            raise RuntimeError("cannot allocate memory")
+
+    model.features[0].register_forward_pre_hook(fail_on_white)
+    from alexnet_cifar10.serve import create_app
+
+    app = create_app(model, weights="seed", model_name="alexnet_narrow_bn")
+    with in_process(app) as port:
+        url = f"http://127.0.0.1:{port}/"
+        for path in ("/predict", "/explain"):
+            status, answer = upload(url, png((32, 32), (255, 255, 255)), path=path)
+            assert status == 500 and list(answer) == ["error"] and "cannot allocate memory" in answer["error"]
+            status, answer = upload(url, png((32, 32), (20, 90, 200)), path=path)
+            assert status == 200, answer
 
 
 @pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"),
@@ -220,9 +293,9 @@ def test_a_signal_stops_the_server_in_one_line(sig: signal.Signals, code: int, w
     with served("--weights", "seed") as s:
         assert request(s.url, "GET", "/healthz")[0] == 200
         s.process.send_signal(sig)
-        _, stderr = s.process.communicate(timeout=60)
-        assert s.process.returncode == code, stderr
-        assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith(f"alexnet-cifar10: {word}")
+        assert s.process.wait(timeout=60) == code
+    stderr = "".join(s.stderr)
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith(f"alexnet-cifar10: {word}")
 
 
 def test_a_port_in_use_and_a_bad_host_are_one_line() -> None:

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -381,11 +382,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from alexnet_cifar10.explain import GradCam
 
     check_flags(args, "top_k", "tta_shift")
-    out = Path(args.out)
-    claim_empty_dir("--out", out)
     model, state, device = _load_for_eval(args)
     tta, shift = tta_of(args, state)
-    cam = GradCam(model, args.layer, tta=tta, tta_shift=shift)
+    cam = GradCam(model, args.layer, tta=tta, tta_shift=shift)  # a bad --layer fails before --out is made
+    out = Path(args.out)
+    claim_empty_dir("--out", out)
     explained, failed = explain_files(cam, args.inputs, args.top_k, out, device)
     if not explained and not failed:
         print(f"{PROG}: error: no image files found in {', '.join(args.inputs)}", file=sys.stderr)
@@ -408,7 +409,7 @@ def explain_files(cam: Any, inputs: list[str], top_k: int, out: Path, device: An
     records: list[dict] = []
     failed: list[str] = []
     sheet = []
-    for path in expand_inputs(inputs):
+    for path in expand_inputs(inputs, "explain"):
         try:
             x, resized = load_image(path)
         except DataError as e:
@@ -417,7 +418,7 @@ def explain_files(cam: Any, inputs: list[str], top_k: int, out: Path, device: An
         explanation = cam.explain(x[None].to(device), top_k)[0]
         files = []
         for rank, ((label, _), heatmap) in enumerate(zip(explanation.top, explanation.heatmaps, strict=True), 1):
-            name = f"{len(records):04d}-{path.stem[:60]}-{rank}-{label}.png"
+            name = re.sub(r"[^\w.-]", "_", f"{len(records):04d}-{path.stem[:60]}-{rank}-{label}") + ".png"
             image = Image.fromarray(reporting.overlay(x, heatmap))
             atomic_write(out / name, lambda f, image=image: image.save(f, format="PNG"))
             files.append(name)

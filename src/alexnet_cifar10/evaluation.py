@@ -231,13 +231,13 @@ class Prediction:
     error: str | None = None
 
 
-def expand_inputs(paths: list[str | Path]) -> list[Path]:
+def expand_inputs(paths: list[str | Path], command: str = "predict") -> list[Path]:
     """Files as given, and the image files inside any folder given (sorted), found as a data folder's are: at
     most 16 levels down, symlinked folders and hidden files left out, at most 200,000 files."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            names = list_files(p, "give predict a smaller folder")
+            names = list_files(p, f"give {command} a smaller folder")
             out += sorted(p / name for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
         else:
             out.append(p)
@@ -247,24 +247,40 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
 def load_image(path: Path) -> tuple[torch.Tensor, tuple[int, int] | None]:
     """An image as float 3 x 32 x 32 in [0, 1]; other sizes are resized (and say from what)."""
     data = read_regular(path, MAX_IMAGE_BYTES, DataError, "an image may be")
-    array, resized = decode_for_network(data, str(path))
+    return decode_image_bytes(data, str(path))
+
+
+def decode_image_bytes(data: bytes, where: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """``load_image`` of bytes already read (an upload): float 3 x 32 x 32 in [0, 1], and the size it was resized
+    from (None when it was 32x32)."""
+    array, resized = decode_for_network(data, where)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255, resized
 
 
 @torch.no_grad()
-def top_classes(model: nn.Module, images: torch.Tensor, k: int = 3, *, tta: bool = False,
-                tta_shift: int = 0) -> list[list[tuple[str, float]]]:
-    """The ``k`` likeliest classes of each image (float N x 3 x 32 x 32 in [0, 1], on the model's device) with
-    their probabilities, best first: named by ``model.classes`` (CIFAR-10's where the model has none), divided by
-    ``model.temperature`` (``evaluate --calibrate``'s, where one was fitted)."""
-    classes = getattr(model, "classes", CLASSES)
-    temperature = getattr(model, "temperature", 1.0)
+def top_k(model: nn.Module, images: torch.Tensor, k: int = 3, *, tta: bool = False,
+          tta_shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` likeliest classes of each image (float N x 3 x 32 x 32 in [0, 1], on the model's device), best
+    first: their probabilities and indices (N x k each, on the CPU), the logits divided by ``model.temperature``
+    (``evaluate --calibrate``'s, where one was fitted)."""
     model.eval()
     batch = images.contiguous(memory_format=torch.channels_last)  # as evaluate
-    probs = (logits_of(model, batch, tta, tta_shift).float() / temperature).softmax(1).cpu()
-    values, indices = probs.topk(max(1, min(k, len(classes))), dim=1)
-    return [[(classes[j], float(v)) for v, j in zip(vals, idxs, strict=True)] for vals, idxs in zip(values, indices,
-                                                                                                       strict=True)]
+    probs = (logits_of(model, batch, tta, tta_shift).float() / getattr(model, "temperature", 1.0)).softmax(1).cpu()
+    return probs.topk(max(1, min(k, probs.shape[1])), dim=1)
+
+
+def named(model: nn.Module, values: torch.Tensor, indices: torch.Tensor) -> list[list[tuple[str, float]]]:
+    """``top_k``'s answer as (class, probability) per image, named by ``model.classes`` (CIFAR-10's where the model
+    has none)."""
+    classes = getattr(model, "classes", CLASSES)
+    return [[(classes[j], float(v)) for v, j in zip(vals, idxs, strict=True)]
+            for vals, idxs in zip(values, indices, strict=True)]
+
+
+def top_classes(model: nn.Module, images: torch.Tensor, k: int = 3, *, tta: bool = False,
+                tta_shift: int = 0) -> list[list[tuple[str, float]]]:
+    """The ``k`` likeliest classes of each image with their probabilities, best first (``top_k``, ``named``)."""
+    return named(model, *top_k(model, images, k, tta=tta, tta_shift=tta_shift))
 
 
 @torch.no_grad()

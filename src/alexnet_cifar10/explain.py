@@ -16,7 +16,7 @@ from torch import nn
 
 from alexnet_cifar10.checkpoint import require
 from alexnet_cifar10.errors import ConfigError
-from alexnet_cifar10.evaluation import top_classes
+from alexnet_cifar10.evaluation import named, top_k
 
 INSTALL = "'alexnet-cifar10[explain]'"
 
@@ -76,12 +76,10 @@ class GradCam:
         peak = cam.flatten(1).amax(1).clamp_min(1e-12)
         return (cam / peak[:, None, None]).cpu()
 
-    def explain(self, images: torch.Tensor, k: int = 3) -> list[Explanation]:
+    def explain(self, images: torch.Tensor, k: int = 3, mapped: int | None = None) -> list[Explanation]:
         """Each image's top-k classes (with the model's test-time augmentation and temperature, as ``predict``)
-        and a map for each of them."""
-        top = top_classes(self.model, images, k, tta=self.tta, tta_shift=self.tta_shift)
-        classes = list(getattr(self.model, "classes", ()))
-        k = len(top[0]) if top else 0
-        ranked = torch.tensor([[classes.index(c) for c, _ in row] for row in top], dtype=torch.int64)
-        maps = [self.maps(images, ranked[:, j]) for j in range(k)]
-        return [Explanation(row, torch.stack([m[i] for m in maps])) for i, row in enumerate(top)]
+        and a map for each of the first ``mapped`` of them (default: all k)."""
+        values, indices = top_k(self.model, images, k, tta=self.tta, tta_shift=self.tta_shift)
+        maps = [self.maps(images, indices[:, j]) for j in range(min(indices.shape[1], mapped or k))]
+        return [Explanation(top, torch.stack([m[i] for m in maps]))
+                for i, top in enumerate(named(self.model, values, indices))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,10 +26,10 @@ from torch import nn
 
 from alexnet_cifar10.checkpoint import require
 from alexnet_cifar10.errors import ConfigError, DataError
-from alexnet_cifar10.evaluation import top_classes
+from alexnet_cifar10.evaluation import decode_image_bytes, top_classes
 
 INSTALL = "'alexnet-cifar10[serve]'"
-for _module in ("fastapi", "uvicorn", "python_multipart"):
+for _module in ("fastapi", "uvicorn", "python_multipart", "captum"):
     require(_module, INSTALL)
 
 import uvicorn  # noqa: E402
@@ -43,7 +44,10 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024  # the largest request body read; an upload'
 MAX_IN_FLIGHT = 64  # requests taken at once; the next ones get 503 until some finish
 MAX_BATCH = 64  # waiting images classified in one forward pass
 MAX_TOP_K = 10
+MAX_DECODING = 4  # uploads decoded at once: a 4096x4096 image takes about 130 MB while it is decoded
+BODY_TIMEOUT = 30  # seconds a client may take between two parts of its request body (408 after it)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger("alexnet_cifar10.serve")
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -67,31 +71,31 @@ class Classifier:
     async def classify(self, x: torch.Tensor, k: int) -> list[tuple[str, float]]:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         await self.queue.put((x, future))
-        try:
-            return (await future)[:k]
-        except RuntimeError as e:
-            raise HTTPException(500, f"the model failed on this image's batch: {str(e)[:160]}") from None
+        return (await future)[:k]
 
     async def explain(self, x: torch.Tensor) -> tuple[list[tuple[str, float]], torch.Tensor]:
+        """The top 3 classes and the Grad-CAM map of the first (one image at a time: it needs a backward pass)."""
         def run() -> tuple[list[tuple[str, float]], torch.Tensor]:
-            explanation = self.cam.explain(x[None].to(self.device), k=3)[0]
+            explanation = self.cam.explain(x[None].to(self.device), k=3, mapped=1)[0]
             return explanation.top, explanation.heatmaps[0]
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, run)
 
     async def run(self) -> None:
-        """Take what waits (at most MAX_BATCH images) and classify it in one pass, until cancelled."""
+        """Take what waits (at most MAX_BATCH images) and classify it in one pass, until cancelled. A batch that
+        fails (out of memory, a broken model) fails its requests with a logged error; the loop goes on."""
         loop = asyncio.get_running_loop()
         while True:
             waiting = [await self.queue.get()]
             while len(waiting) < MAX_BATCH and not self.queue.empty():
                 waiting.append(self.queue.get_nowait())
-            batch = torch.stack([x for x, _ in waiting]).to(self.device)
             try:
-                tops = await loop.run_in_executor(self.executor, partial(
+                batch = torch.stack([x for x, _ in waiting]).to(self.device)
+                tops: list = await loop.run_in_executor(self.executor, partial(
                     top_classes, self.model, batch, MAX_TOP_K, tta=self.tta, tta_shift=self.tta_shift))
-            except RuntimeError as e:  # the model failed on this batch: each request is told, the server goes on
-                tops = [e] * len(waiting)
+            except Exception as e:  # noqa: BLE001 - handed to each waiting request, which answers 500 in one line
+                log.exception("classifying a batch of %d images failed", len(waiting))
+                tops = [ModelFailed(f"the model failed on this request's batch: {str(e)[:160]}")] * len(waiting)
             self.batches += 1
             for (_, future), top in zip(waiting, tops, strict=True):
                 if future.done():  # its client went away
@@ -102,9 +106,14 @@ class Classifier:
                     future.set_result(top)
 
 
+class ModelFailed(Exception):
+    """The model raised while it classified or explained a request's image (answered as 500, logged)."""
+
+
 class Limits:
-    """ASGI middleware: at most ``max_in_flight`` requests at once (503 past it) and request bodies of at most
-    ``max_bytes`` (413), counted as they arrive, so a body without Content-Length is bounded too."""
+    """ASGI middleware: at most ``max_in_flight`` uploads (POST requests) at once (503 past it; the page and
+    /healthz always answer), request bodies of at most ``max_bytes`` (413), counted as they arrive, so a body
+    without Content-Length is bounded too, and at most BODY_TIMEOUT seconds between two parts of a body (408)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int, max_in_flight: int) -> None:
         self.app, self.max_bytes, self.max_in_flight = app, max_bytes, max_in_flight
@@ -116,7 +125,8 @@ class Limits:
             return
         length = dict(scope["headers"]).get(b"content-length")
         refusal = None
-        if self.in_flight >= self.max_in_flight:
+        counted = scope["method"] == "POST"
+        if counted and self.in_flight >= self.max_in_flight:
             refusal = error_response(503, f"busy: {self.in_flight} requests in progress; try again shortly")
         elif length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             refusal = error_response(413, f"request body over {self.max_bytes // 2**20} MiB") if length.isdigit() \
@@ -128,17 +138,20 @@ class Limits:
 
         async def bounded_receive() -> dict[str, Any]:
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT)
+            except TimeoutError:
+                raise HTTPException(408, f"no part of the request body came for {BODY_TIMEOUT} s") from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise HTTPException(413, f"request body over {self.max_bytes // 2**20} MiB")
             return message
 
-        self.in_flight += 1
+        self.in_flight += counted
         try:
             await self.app(scope, bounded_receive, send)
         finally:
-            self.in_flight -= 1
+            self.in_flight -= counted
 
 
 def png_data_url(pixels: Any) -> str:
@@ -151,7 +164,6 @@ def create_app(model: nn.Module, *, weights: str, model_name: str, device: torch
                tta: bool = False, tta_shift: int = 0, layer: str | None = None, max_bytes: int = MAX_REQUEST_BYTES,
                max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
     """The ASGI app serving ``model`` (``load_model``'s); /healthz names its ``weights`` and network."""
-    from alexnet_cifar10.data.images import decode_for_network
     from alexnet_cifar10.reporting import overlay
 
     classifier = Classifier(model, torch.device(device), tta, tta_shift, layer)
@@ -177,15 +189,21 @@ def create_app(model: nn.Module, *, weights: str, model_name: str, device: torch
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query"))
         return error_response(422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
+    @app.exception_handler(ModelFailed)
+    async def model_failed(_request: Request, e: ModelFailed) -> JSONResponse:
+        return error_response(500, str(e))
+
+    decoding = asyncio.Semaphore(MAX_DECODING)
+
     async def image_of(upload: UploadFile) -> torch.Tensor:
         data = await upload.read()
         if not data:
             raise HTTPException(400, "the upload is empty")
         try:
-            array, _ = await run_in_threadpool(decode_for_network, data, "the uploaded file")
+            async with decoding:
+                return (await run_in_threadpool(decode_image_bytes, data, "the uploaded file"))[0]
         except DataError as e:
             raise HTTPException(400, str(e)) from None
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
     @app.post("/predict")
     async def predict(file: UploadFile = File(...),  # noqa: B008 - FastAPI's way of declaring an upload
@@ -196,7 +214,11 @@ def create_app(model: nn.Module, *, weights: str, model_name: str, device: torch
     @app.post("/explain")
     async def explain(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
         x = await image_of(file)
-        top, heatmap = await classifier.explain(x)
+        try:
+            top, heatmap = await classifier.explain(x)
+        except RuntimeError as e:  # out of memory, a broken model: logged, answered in one line
+            log.exception("Grad-CAM failed")
+            raise ModelFailed(f"the model failed on this image: {str(e)[:160]}") from None
         return {"top": [{"label": label, "score": score} for label, score in top],
                 "gradcam": png_data_url(overlay(x, heatmap)), "layer": classifier.cam.layer}
 
