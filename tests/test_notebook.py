@@ -25,6 +25,10 @@ def test_notebook_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sha
     assert "run folder:" in outputs and "example.png" in outputs
     assert "ship.png [('ship', " in outputs  # the shipped best weights, before any training, get the ship right
     assert (tmp_path / "runs" / "notebook-quick" / "report.html").is_file()
+    assert (tmp_path / "runs" / "notebook-quick" / "gradcam.png").is_file()  # the report's Grad-CAM panel
+    [panel] = [c for c in nb.cells if c.cell_type == "code" and "gradcam_panel(model" in c.source]
+    assert [o["output_type"] for o in panel.outputs] == ["execute_result"]  # the figure, not the install hint
+    assert "Figure" in panel.outputs[0]["data"]["text/plain"]
     counts = dict(re.findall(r"^(train|val) +\d+ images, per class: (\[[\d, ]+\])$", outputs, re.M))
     assert counts == {"train": str([200] * 10), "val": str([50] * 10)}, outputs
     per_class = dict(re.findall(r"^(\w+) +(\S+)% +50$", outputs, re.M))  # the validation table: 50 of each class
