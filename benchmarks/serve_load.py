@@ -14,6 +14,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import platform
 import re
 import statistics
@@ -79,11 +80,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=60, help="time limit per concurrency level")
     parser.add_argument("--out", default=None, help="also write the results as JSON")
+    parser.add_argument("--quiet-server", action="store_true", help="drop the server's stderr")
     args = parser.parse_args()
     if args.requests < 1 or args.seconds <= 0 or min(args.concurrency) < 1 or max(args.concurrency) > 64:
         parser.error("--requests and --seconds must be positive, --concurrency 1-64 (the server takes 64 at once)")
     server = subprocess.Popen([sys.executable, "-m", "alexnet_cifar10", "serve", "--weights", args.weights,
-                               "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, text=True)
+                               "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL if args.quiet_server else None)
     try:
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", server.stdout.readline())
         if not found:
@@ -98,8 +101,11 @@ def main() -> int:
     for r in rows:
         print(f"{r['concurrency']:>8}{r['requests']:>10}{r['requests_per_s']:>8}{r['p50_ms']:>9}{r['p99_ms']:>9}")
     if args.out:
-        record = {"weights": args.weights, "cpu": platform.processor() or platform.machine(), "rows": rows,
-                  "date": time.strftime("%Y-%m-%d")}
+        import torch
+
+        record = {"weights": args.weights, "machine": platform.machine(), "cores": os.cpu_count(),
+                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+                  "requests_per_level": args.requests, "rows": rows, "date": time.strftime("%Y-%m-%d")}
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
