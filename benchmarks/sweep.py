@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -27,6 +28,7 @@ from alexnet_cifar10.data.splits import Split, stratified_split
 from alexnet_cifar10.errors import AlexNetCifarError, ConfigError
 from alexnet_cifar10.models import MODELS, ModelSpec
 from alexnet_cifar10.runs import RESUME_OVERRIDES
+from alexnet_cifar10.training import Interrupted
 
 SIZES = ".sweep-sizes.json"  # a kept run's proxy data sizes, beside its config.json (hidden: not a run file)
 
@@ -65,6 +67,9 @@ def main() -> None:
         last = row["seconds"] = time.perf_counter() - t0
         results.append(row)
         Path(args.out).write_text(json.dumps(results, indent=1))
+        if "exit_code" in row:
+            print(f"sweep stopped: {row['error']}", file=sys.stderr)
+            sys.exit(row["exit_code"])
 
 
 def entry_config(run: dict, device: str, precision: str) -> Config:
@@ -122,7 +127,10 @@ def run_one(run: dict, config: Config, data: Cifar10, keep: str | None, epoch_va
                 result = train(config, data=replace(data, val=epoch_val))
         except AlexNetCifarError as e:
             print(f"{run['name']:<28} Error: {e}", flush=True)
-            return {"name": run["name"], "config": run["config"], "error": str(e)}
+            row = {"name": run["name"], "config": run["config"], "error": str(e)}
+            if isinstance(e, Interrupted):  # Ctrl-C or SIGTERM: recorded, and the sweep stops after this run
+                row["exit_code"] = e.exit_code
+            return row
         for weights in folder.glob("*.pt"):
             weights.unlink()
 

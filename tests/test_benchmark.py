@@ -93,7 +93,7 @@ def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tin
     finishes it; a stopped run with other settings or other proxy data sizes is refused, never resumed."""
     spec, keep = tmp_path / "spec.json", tmp_path / "keep"
     entry = {"name": "long", "config": {"epochs": 30, "batch_size": 8, "threads": 1, "model": "alexnet_tiny"}}
-    spec.write_text(json.dumps([entry]))
+    spec.write_text(json.dumps([entry, {**entry, "name": "next"}]))
     first = subprocess.Popen(sweep_command(spec, tiny_png, tmp_path / "1.json", "--keep", str(keep)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -102,9 +102,10 @@ def test_a_sweep_run_stopped_by_its_time_limit_is_finished_by_the_next_sweep(tin
         time.sleep(0.01)
     first.send_signal(signal.SIGTERM)  # what timeout(1) sends
     out, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
-    stopped = json.loads((tmp_path / "1.json").read_text())[0]
+    assert first.returncode == 143, err  # the sweep stops: the next entry is not started
+    [stopped] = json.loads((tmp_path / "1.json").read_text())
     assert "interrupted" in stopped["error"] and (keep / "long" / "last.pt").is_file()
+    assert err.strip().splitlines()[-1].startswith("sweep stopped: ") and not (keep / "next").exists()
     done = len((keep / "long" / "metrics.jsonl").read_text().splitlines())
     assert 1 <= done < 30
 
