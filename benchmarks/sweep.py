@@ -3,8 +3,9 @@
     python benchmarks/sweep.py SPEC.json --data PATH --out results.json
 
 SPEC.json is a list of {"name", "arch": AlexNet kwargs (optional), "config": Config overrides}.
-Runs go in order; ``--budget`` seconds stops before a run that would not fit. With ``--keep``, an entry whose
-run stopped early (killed, out of time) is resumed from its last.pt instead of started again.
+Runs go in order; ``--budget`` seconds stops before a run that would not fit. Ctrl-C or SIGTERM (``timeout``'s)
+records the run under way as stopped and ends the sweep (exit 130 or 143). With ``--keep``, an entry whose run
+stopped early (killed, out of time) is resumed from its last.pt instead of started again.
 
 Proxies for a CPU: ``--train-size N`` trains on a class-balanced N-image part of the training split, and
 ``--epoch-val-size M`` validates each epoch on an M-image part of the validation split. The final numbers
