@@ -581,7 +581,7 @@ def test_other_files_where_a_checkpoint_belongs_are_named(case: Case, other_file
 
 
 @pytest.mark.parametrize("stdout", ["full", "closed"])
-@pytest.mark.parametrize("command", [("models", "--json"), ("train", "--print-config")])
+@pytest.mark.parametrize("command", [("models", "--json"), ("train", "--print-config"), ("--version",), ("--help",)])
 def test_an_output_stream_that_takes_nothing(case: Case, stdout: str, command: tuple[str, ...]) -> None:
     """stdout on a full device, or closed (`>&-`): one line on stderr and exit 1, never Python's
     "Exception ignored" traceback at exit nor results that vanish with exit 0."""

@@ -6,8 +6,10 @@ Nothing here imports torch, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from dataclasses import fields
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from alexnet_cifar10.config import DEFAULT_DATA, DEVICES, EXPORT_FORMATS, RECIPES, Config, flag
 from alexnet_cifar10.version import __version__
@@ -20,6 +22,19 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        """--help and --version: written and flushed now, so that a stdout that takes nothing (a full disk) is
+        one line and exit 1 (argparse's own ignores the failure and exits 0)."""
+        file = file or sys.stderr
+        if not message:
+            return
+        try:
+            file.write(message)
+            file.flush()
+        except OSError as e:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())  # nothing left to flush at exit
+            self.exit(1, f"{self.prog}: error: cannot write to standard output: {e.strerror or e}\n")
 
 
 # The Config fields that other commands take as flags too, with the same names, help and defaults.
