@@ -8,6 +8,7 @@ the positive part; the map is upsampled to the 32x32 input and scaled to [0, 1] 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +56,9 @@ class GradCam:
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None, *, tta: bool = False, tta_shift: int = 0) -> None:
-        attr = require("captum.attr", INSTALL)
+        with warnings.catch_warnings():  # captum imports tqdm.auto, which warns in a notebook without ipywidgets
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            attr = require("captum.attr", INSTALL)
         self.model = model
         self.net = copy.deepcopy(model).float().eval()
         for m in self.net.modules():
