@@ -471,6 +471,13 @@ def jpeg_of_many_scans(scans: int, size: tuple[int, int] = (640, 480)) -> bytes:
     return data[:-2] + empty_scan * (scans - 10) + data[-2:]
 
 
+# `python -m alexnet_cifar10`, with Ctrl-C's default handler as a terminal's command gets it: a test run started in the
+# background of a script inherits SIGINT ignored, and the command would then (rightly) ignore it too
+CLI_WITH_CTRL_C = [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, "
+                   "signal.default_int_handler); sys.argv[0] = 'alexnet-cifar10'; "
+                   "runpy.run_module('alexnet_cifar10', run_name='__main__')"]
+
+
 @dataclass
 class Served:
     url: str
@@ -485,7 +492,7 @@ def served(*args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
     first, its stderr read as it comes (a pipe nobody reads would stall it). Stopped (SIGTERM) when the block ends
     unless the block stopped it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "alexnet_cifar10", "serve", *args, "--port", "0", "--device", "cpu"],
+        [*CLI_WITH_CTRL_C, "serve", *args, "--port", "0", "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})})
     lines: queue.Queue[str] = queue.Queue()

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    CLI_WITH_CTRL_C,
     HOSTILE_CHECKPOINTS,
     HttpServer,
     ServerState,
@@ -839,11 +840,7 @@ def test_a_signal_during_a_download_is_one_line_and_keeps_the_part_file(case: Ca
     and the .part file is kept for the next run to resume."""
     fresh.state.mode = "stall"
     part = case.root / "dl" / f"{NAME}.part"
-    # `python -m alexnet_cifar10`, with Ctrl-C's default handler as a terminal's command gets it: a test run started
-    # in the background of a script inherits SIGINT ignored, and the command would then (rightly) ignore it too
-    launch = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              "sys.argv[0] = 'alexnet-cifar10'; runpy.run_module('alexnet_cifar10', run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", launch, "data", "download", "--data", str(case.root / "dl"),
+    proc = subprocess.Popen([*CLI_WITH_CTRL_C, "data", "download", "--data", str(case.root / "dl"),
                              "--url", fresh.url(f"/{NAME}")], cwd=case.cwd, env=case.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
