@@ -342,6 +342,11 @@ def evaluated(args: argparse.Namespace, state: dict[str, Any], data: Any, device
             "torch": torch.__version__, "device": device_name(device), "precision": "fp32"}
 
 
+def guesses(top: list[tuple[str, float]]) -> str:
+    """Classes with their probabilities as predict and explain print them: "cat 79.0%, dog 2.6%"."""
+    return ", ".join(f"{label} {100 * p:.1f}%" for label, p in top)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from alexnet_cifar10.evaluation import predict
 
@@ -361,8 +366,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if r.error:
                 continue
             note = f" (resized from {r.resized_from[0]}x{r.resized_from[1]} to 32x32)" if r.resized_from else ""
-            guesses = ", ".join(f"{c} {100 * p:.1f}%" for c, p in r.top or [])
-            print(f"{r.path}: {guesses}{note}")
+            print(f"{r.path}: {guesses(r.top or [])}{note}")
     for r in failed:
         print(f"{PROG}: error: {r.error}", file=sys.stderr)
     return 1 if failed else 0
@@ -424,11 +428,9 @@ def explain_files(cam: Any, inputs: list[str], top_k: int, out: Path, device: An
             files.append(name)
         records.append({"path": str(path), "top": explanation.top, "resized_from": resized, "gradcam": files})
         if len(sheet) < SHEET_ROWS:
-            sheet.append((x, path.name[:24], [(f"{label} {100 * p:.1f}%", h)
-                                              for (label, p), h in zip(explanation.top, explanation.heatmaps,
-                                                                       strict=True)]))
-        guesses = ", ".join(f"{c} {100 * p:.1f}%" for c, p in explanation.top)
-        print(f"{path}: {guesses} -> {out / files[0]}")
+            sheet.append((x, path.name[:24], [(guesses([top]), h)
+                                              for top, h in zip(explanation.top, explanation.heatmaps, strict=True)]))
+        print(f"{path}: {guesses(explanation.top)} -> {out / files[0]}")
     if records:
         reporting.plot_gradcam_sheet(sheet, out / "sheet.png", title=f"Grad-CAM at {cam.layer}")
         atomic_write_text(out / "explain.json", json.dumps({"layer": cam.layer, "images": records}, indent=2))

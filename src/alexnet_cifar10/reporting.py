@@ -137,8 +137,7 @@ def plot_gradcam_sheet(rows: list[tuple[torch.Tensor, str, list[tuple[str, torch
 
 
 def gradcam_panel(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
-                  classes: tuple[str, ...], n: int = 4, seed: int = 0, tta: bool = False,
-                  tta_shift: int = 0) -> Figure | None:
+                  classes: tuple[str, ...], n: int = 4, seed: int = 0) -> Figure | None:
     """Grad-CAM of the predicted class on ``n`` right and then ``n`` wrong images of a split (uint8 N x 3 x 32 x
     32), drawn at random: the images above (true class), their maps below (predicted class, red when wrong).
     None where captum is not installed."""
@@ -146,7 +145,7 @@ def gradcam_panel(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     from alexnet_cifar10.explain import GradCam
 
     try:
-        cam = GradCam(model, tta=tta, tta_shift=tta_shift)
+        cam = GradCam(model)
     except ConfigError:  # the optional extra is missing: the report says so instead of showing the panel
         return None
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))

@@ -154,6 +154,11 @@ class Limits:
             self.in_flight -= counted
 
 
+def scored(top: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """(class, probability) pairs as the API answers them: [{"label": ..., "score": ...}], best first."""
+    return [{"label": label, "score": score} for label, score in top]
+
+
 def png_data_url(pixels: Any) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -208,8 +213,7 @@ def create_app(model: nn.Module, *, weights: str, model_name: str, device: torch
     @app.post("/predict")
     async def predict(file: UploadFile = File(...),  # noqa: B008 - FastAPI's way of declaring an upload
                       top_k: int = Query(3, ge=1, le=MAX_TOP_K)) -> list[dict[str, Any]]:
-        top = await classifier.classify(await image_of(file), top_k)
-        return [{"label": label, "score": score} for label, score in top]
+        return scored(await classifier.classify(await image_of(file), top_k))
 
     @app.post("/explain")
     async def explain(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
@@ -219,8 +223,7 @@ def create_app(model: nn.Module, *, weights: str, model_name: str, device: torch
         except RuntimeError as e:  # out of memory, a broken model: logged, answered in one line
             log.exception("Grad-CAM failed")
             raise ModelFailed(f"the model failed on this image: {str(e)[:160]}") from None
-        return {"top": [{"label": label, "score": score} for label, score in top],
-                "gradcam": png_data_url(overlay(x, heatmap)), "layer": classifier.cam.layer}
+        return {"top": scored(top), "gradcam": png_data_url(overlay(x, heatmap)), "layer": classifier.cam.layer}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

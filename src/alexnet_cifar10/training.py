@@ -406,7 +406,7 @@ def finish(run_dir: Path, config: Config, data: Cifar10, model: nn.Module, histo
     reporting.plot_samples(split.images, split.labels, result.predictions, data.classes,
                            run_dir / "samples.png")
     reporting.plot_gradcam_panel(model, split.images, split.labels, result.predictions, data.classes,
-                                 run_dir / "gradcam.png", tta=config.tta, tta_shift=config.tta_shift)
+                                 run_dir / "gradcam.png")
     total = sum(h["seconds"] for h in history)
     reporting.write_report(run_dir, config.to_dict(), history, result, extra={
         "final accuracy": f"{100 * result.accuracy:.2f}% on the {split_name} split ({len(split)} images)",
